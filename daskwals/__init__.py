@@ -1,0 +1,17 @@
+"""daskwals: weighted alternating least squares (WALS) matrix factorisation on dask.
+
+The successor of TensorFlow 1.x ``tf.contrib.factorization.WALSModel``: the same model,
+with ratings held as chunked ``sparse``-backed dask arrays and factors in zarr stores,
+running on the threaded scheduler or a dask.distributed cluster.
+"""
+
+from __future__ import annotations
+
+from ._blockops import SingularSystemError
+from .estimator import WALS
+from .ratings import Ratings, as_ratings
+from .store import FactorStore
+
+__version__ = "0.1.0"
+
+__all__ = ["FactorStore", "Ratings", "SingularSystemError", "WALS", "__version__", "as_ratings"]

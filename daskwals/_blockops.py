@@ -1,0 +1,157 @@
+"""Per-task block operations: turn sparse ratings blocks and factor blocks into kernel calls.
+
+Everything here runs inside one dask task and has no dask import. A *row block* of
+the matrix being solved for arrives as a list of ``sparse.COO`` pieces, one per column
+block, whose coordinates are local to the piece. Each piece is reduced to the factor
+rows its entries touch ("gathered" rows); the pieces are then stacked for the kernels
+(see :mod:`daskwals._kernels`), never merged row by row and never summed as per-row
+k × k partials.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _kernels
+
+
+class SingularSystemError(ValueError):
+    """A row's normal equations are singular, so its factor has no unique solution."""
+
+
+@dataclass
+class Piece:
+    """One column block's share of a row block, reduced to the factor rows it needs."""
+
+    rows: np.ndarray  # int64 (nnz,), block-local row of each entry, non-decreasing
+    cols: np.ndarray  # int64 (nnz,), position of each entry's factor row in ``vg``
+    data: np.ndarray  # float64 (nnz,)
+    vg: np.ndarray  # float64 (q, k), gathered factor rows
+    cg: np.ndarray  # float64 (q,), gathered column weights
+    ew: np.ndarray | None = None  # float64 (nnz,) per-entry weight multipliers
+
+
+def coo_parts(block):
+    """Row-sorted ``(rows, cols, data)`` of a 2-d sparse block (any ``sparse`` format)."""
+    if hasattr(block, "tocoo") and not hasattr(block, "coords"):
+        block = block.tocoo()
+    rows = np.asarray(block.coords[0], dtype=np.int64)
+    cols = np.asarray(block.coords[1], dtype=np.int64)
+    data = np.asarray(block.data, dtype=np.float64)
+    if rows.size > 1 and np.any(rows[1:] < rows[:-1]):
+        order = np.argsort(rows, kind="stable")
+        rows, cols, data = rows[order], cols[order], data[order]
+    return rows, cols, data
+
+
+def gather_piece(block, factor, col_weights, entry_weights=None):
+    """Reduce one sparse ratings block to a :class:`Piece`.
+
+    ``factor`` holds the fixed factor's rows for the block's columns (its row count
+    equals the block's column count); only the rows that stored entries touch are kept.
+    """
+    rows, cols, data = coo_parts(block)
+    used = np.zeros(factor.shape[0], dtype=bool)
+    used[cols] = True
+    keep = np.flatnonzero(used)
+    remap = np.cumsum(used, dtype=np.int64) - 1
+    ew = None
+    if entry_weights is not None:
+        _, _, ew = coo_parts(entry_weights)
+    return Piece(
+        rows=rows,
+        cols=remap[cols],
+        data=data,
+        vg=np.asarray(factor[keep], dtype=np.float64),
+        cg=np.asarray(col_weights, dtype=np.float64)[keep],
+        ew=ew,
+    )
+
+
+def stack_pieces(pieces, n_rows):
+    """Stack pieces into the kernels' layout: (indptr, indices, data, ew, cg, vg)."""
+    k = pieces[0].vg.shape[1] if pieces else 0
+    indptr = np.empty((len(pieces), n_rows + 1), dtype=np.int64)
+    nnz_offset = 0
+    col_offset = 0
+    indices, data, ews, cgs, vgs = [], [], [], [], []
+    any_ew = any(p.ew is not None for p in pieces)
+    for j, p in enumerate(pieces):
+        indptr[j] = np.searchsorted(p.rows, np.arange(n_rows + 1)) + nnz_offset
+        indices.append(p.cols + col_offset)
+        data.append(p.data)
+        if any_ew:
+            ews.append(p.ew if p.ew is not None else np.ones(p.data.shape[0]))
+        cgs.append(p.cg)
+        vgs.append(p.vg)
+        nnz_offset += p.data.shape[0]
+        col_offset += p.vg.shape[0]
+
+    def cat(parts, shape_tail=()):
+        if parts:
+            return np.ascontiguousarray(np.concatenate(parts))
+        return np.zeros((0, *shape_tail))
+
+    return (
+        indptr,
+        cat(indices).astype(np.int64),
+        cat(data),
+        cat(ews) if any_ew else np.zeros(0),
+        cat(cgs),
+        cat(vgs, (k,)).reshape(-1, k),
+    )
+
+
+def solve_pieces(
+    pieces,
+    n_rows,
+    row_weights,
+    base,
+    w0,
+    *,
+    dtype,
+    solve_empty=True,
+    previous=None,
+    row_offset=0,
+    context=None,
+):
+    """Solve one row block and return ``(x, loss_sums, gramian)``.
+
+    ``x`` (n_rows, k) is in ``dtype``; rows without stored entries are zero when
+    ``solve_empty`` is true and are copied from ``previous`` otherwise. ``loss_sums``
+    are the block's :func:`daskwals._kernels.loss_block` sums at the new (stored
+    precision) values and ``gramian`` is xᵀx in float64.
+    """
+    k = base.shape[0]
+    indptr, indices, data, ew, cg, vg = stack_pieces(pieces, n_rows)
+    if vg.shape[0] == 0:
+        vg = np.zeros((0, k))
+    r = np.ascontiguousarray(row_weights, dtype=np.float64)
+    if previous is not None:
+        x = np.array(previous, dtype=np.float64, order="C")
+    else:
+        x = np.zeros((n_rows, k))
+    failed, count = _kernels.solve_block(
+        indptr, indices, data, ew, r, cg, vg, np.ascontiguousarray(base), float(w0), solve_empty, x
+    )
+    if failed >= 0:
+        raise SingularSystemError(_singular_message(row_offset + failed, count, k, context or {}))
+    x = x.astype(dtype, copy=False)
+    x64 = x.astype(np.float64, copy=False)
+    sums = _kernels.loss_block(indptr, indices, data, ew, r, cg, np.ascontiguousarray(x64), vg)
+    return x, sums, x64.T @ x64
+
+
+def _singular_message(index, count, k, context):
+    what = context.get("axis", "row")
+    lam = context.get("regularization")
+    w0 = context.get("unobserved_weight")
+    return (
+        f"The normal equations of {what} {index} are singular: it has {count} stored "
+        f"entries for n_components={k}, with regularization={lam!r} and "
+        f"unobserved_weight={w0!r}, so its factor is not determined. Set "
+        f"regularization to a positive value (for example 1e-3), set unobserved_weight > 0, "
+        f"or remove {what}s with fewer than n_components stored entries."
+    )

@@ -1,0 +1,233 @@
+"""Graph builders: Gramians, initialisation and sweeps as dask graphs.
+
+Only public dask APIs are used (``da.reduction``, ``to_delayed``, ``dask.delayed``).
+The functions here build lazy objects and compute nothing; the per-task work is in
+:mod:`daskwals._blockops`. A sweep is one delayed object whose computation solves every
+row block, writes the blocks to a new version of the factor in the store, sums the
+blocks' loss terms and Gramians by a tree reduction, and commits the new version.
+"""
+
+from __future__ import annotations
+
+import dask
+import dask.array as da
+import numpy as np
+
+from ._blockops import gather_piece, solve_pieces
+
+# Rows per random-number stream: the random initialisation of a row depends only on
+# (seed, axis, row // SEED_BLOCK), never on the chunking.
+SEED_BLOCK = 4096
+_STREAM = {"row": 0, "col": 1}
+
+
+# ----------------------------------------------------------------------- Gramian
+def _gram_chunk(x, axis, keepdims):
+    x = np.asarray(x, dtype=np.float64)
+    return x.T @ x
+
+
+def _gram_combine(parts, axis, keepdims):
+    return _sum_list(parts)
+
+
+def _sum_list(parts):
+    if isinstance(parts, np.ndarray):
+        return parts
+    total = None
+    for p in parts:
+        p = _sum_list(p) if isinstance(p, list) else p
+        total = p.copy() if total is None else total + p
+    return total
+
+
+def gramian(factor, split_every=None):
+    """XᵀX (float64, k × k) of an (n, k) dask array, by a tree reduction over row chunks."""
+    if len(factor.chunks[1]) != 1:
+        factor = factor.rechunk({1: -1})
+    k = factor.shape[1]
+    return da.reduction(
+        factor,
+        chunk=_gram_chunk,
+        combine=_gram_combine,
+        aggregate=_gram_combine,
+        axis=0,
+        keepdims=True,
+        output_size=k,
+        dtype=np.float64,
+        split_every=split_every,
+        concatenate=False,
+        meta=np.empty((0, 0), dtype=np.float64),
+        name="daskwals-gramian",
+    )
+
+
+def tree_sum(parts, split_every=None):
+    """Sum a list of delayed values (arrays or tuples of arrays) by a tree of delayed adds."""
+    split_every = max(2, int(split_every or 8))
+    parts = list(parts)
+    if not parts:
+        raise ValueError("nothing to sum")
+    while len(parts) > 1:
+        parts = [
+            dask.delayed(_add_all, pure=True)(*parts[i : i + split_every])
+            for i in range(0, len(parts), split_every)
+        ]
+    return parts[0]
+
+
+def _add_all(*values):
+    first = values[0]
+    if isinstance(first, tuple):
+        return tuple(_add_all(*items) for items in zip(*values))
+    total = np.array(first, dtype=np.float64, copy=True)
+    for v in values[1:]:
+        total += v
+    return total
+
+
+# ------------------------------------------------------------------- random init
+def random_rows(seed, axis, start, stop, k):
+    """Rows ``start:stop`` of a chunk-independent N(0, 1) (·, k) matrix for ``axis``."""
+    out = np.empty((stop - start, k))
+    for unit in range(start // SEED_BLOCK, (stop - 1) // SEED_BLOCK + 1 if stop > start else 0):
+        block = np.random.default_rng([seed, _STREAM[axis], unit]).standard_normal((SEED_BLOCK, k))
+        lo, hi = max(start, unit * SEED_BLOCK), min(stop, (unit + 1) * SEED_BLOCK)
+        out[lo - start : hi - start] = block[lo - unit * SEED_BLOCK : hi - unit * SEED_BLOCK]
+    return out
+
+
+def _init_task(out, start, stop, seed, axis, values):
+    x = random_rows(seed, axis, start, stop, out.shape[1]) if values is None else values
+    x = np.asarray(x).astype(out.dtype, copy=False)
+    out[start:stop] = x
+    x64 = x.astype(np.float64)
+    return x64.T @ x64
+
+
+def build_init(store, axis, *, seed, values=None, split_every=None):
+    """Delayed ``(axis, name, gramian)``: an initial factor written to a new version.
+
+    ``values`` None draws N(0, 1) entries from ``seed``; otherwise it is an (n, k)
+    array (or dask array) written as given. Pass the result to :func:`build_commit`.
+    """
+    name, out = store.new_factor(axis)
+    chunk, n = store.chunk(axis), store.length(axis)
+    grams = []
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        part = None if values is None else values[start:stop]
+        grams.append(dask.delayed(_init_task, pure=False)(out, start, stop, seed, axis, part))
+    return dask.delayed(tuple, pure=True)([axis, name, tree_sum(grams, split_every)])
+
+
+# ------------------------------------------------------------------------ sweeps
+def _solve_task(
+    blocks, factors, fixed_weights, weights, base, out, start, w0, dtype, solve_empty, context
+):
+    pieces = [
+        gather_piece(b, f, np.ones(f.shape[0]) if fw is None else fw)
+        for b, f, fw in zip(blocks, factors, fixed_weights)
+    ]
+    n_rows = blocks[0].shape[0]
+    r = np.zeros(n_rows) if weights is None else weights
+    x, sums, gram = solve_pieces(
+        pieces, n_rows, r, base, w0, dtype=dtype, solve_empty=solve_empty,
+        row_offset=start, context=context,
+    )
+    out[start : start + n_rows] = x
+    return sums, gram
+
+
+def _base_matrix(fixed_gram, w0, lam):
+    k = fixed_gram.shape[0]
+    base = w0 * np.asarray(fixed_gram, dtype=np.float64)
+    if lam:
+        base = base + lam * np.eye(k)
+    return np.ascontiguousarray(base)
+
+
+def build_sweep(
+    store, ratings, axis, *, unobserved_weight, regularization, fixed_gram, split_every=None,
+    als=False, final=False,
+):
+    """Delayed ``{"update": (axis, name, gramian), "sums": ..., "loss": ...}``: a full sweep.
+
+    Solves every ``axis`` factor row into a new version of the factor (not yet current:
+    pass the result to :func:`build_commit`). ``ratings`` is oriented so that its rows
+    are the rows being solved (pass ``ratings.T`` for the column sweep). ``fixed_gram``
+    is the other factor's Gramian, a NumPy array or a lazy dask/delayed value. When
+    ``final`` is true the full objective at the new values is evaluated too.
+    """
+    other = "col" if axis == "row" else "row"
+    X = ratings.rows
+    k = store.n_components
+    if X.chunks[0][0] != store.chunk(axis) or X.chunks[1][0] != store.chunk(other):
+        raise ValueError(
+            f"ratings blocks {X.chunks[0][0]}×{X.chunks[1][0]} do not match the store's factor "
+            f"chunks {store.chunk(axis)} and {store.chunk(other)}"
+        )
+    fixed = store.factor(other)
+    fixed_blocks = [b[0] for b in fixed.to_delayed()]
+    if als:
+        fixed_w = [None] * len(fixed_blocks)
+        own_w = [None] * len(X.chunks[0])
+    else:
+        fixed_w = list(store.weights(other).to_delayed())
+        own_w = list(store.weights(axis).to_delayed())
+    w0 = float(unobserved_weight)
+    lam = float(regularization or 0.0)
+    base = dask.delayed(_base_matrix, pure=True)(fixed_gram, w0, lam)
+    name, out = store.new_factor(axis)
+    context = {"axis": axis, "regularization": regularization, "unobserved_weight": w0}
+    blocks = X.to_delayed()
+    results = []
+    for i in range(blocks.shape[0]):
+        start = i * store.chunk(axis)
+        results.append(
+            dask.delayed(_solve_task, pure=False)(
+                list(blocks[i]), fixed_blocks, fixed_w, own_w[i], base, out, start, w0,
+                store.dtype, True, context,
+            )
+        )
+    total = tree_sum(results, split_every)
+    sums, gram = total[0], total[1]
+    loss = None
+    if final:
+        loss = dask.delayed(full_loss, pure=True)(sums, gram, fixed_gram, w0, lam)
+    return dask.delayed(dict, pure=True)(update=(axis, name, gram), sums=sums, loss=loss)
+
+
+def full_loss(sums, gram, other_gram, w0, lam):
+    """The full objective from a sweep's sparse sums and both Gramians (DESIGN.md §1)."""
+    sparse_term = w0 * (sums[0] - sums[1]) + sums[2]
+    dense_term = w0 * float(np.sum(np.asarray(gram) * np.asarray(other_gram)))
+    reg = lam * (float(np.trace(gram)) + float(np.trace(other_gram)))
+    return float(sparse_term + dense_term + reg)
+
+
+def build_commit(store, updates, *, sweeps=0, loss=None):
+    """Delayed: make the written ``updates`` current in one atomic step (one task)."""
+    return dask.delayed(_commit, pure=False)(store, updates, sweeps, loss)
+
+
+def _commit(store, updates, sweeps, loss):
+    return store.commit(updates, sweeps=sweeps, loss=loss)
+
+
+def build_topk(users, items, n, exclude=None, split_every=None):
+    """Delayed ``(ids, scores)``: each user row's top ``n`` items over V's row blocks."""
+    from ._topk import block_topk, merge_topk
+
+    offsets = np.concatenate([[0], np.cumsum(items.chunks[0])])
+    parts = []
+    for j, block in enumerate(items.to_delayed()[:, 0]):
+        ex = None if exclude is None else exclude[:, offsets[j] : offsets[j + 1]]
+        parts.append(dask.delayed(block_topk, pure=True)(users, block, offsets[j], n, ex))
+    split_every = max(2, int(split_every or 8))
+    while len(parts) > 1:
+        parts = [
+            dask.delayed(merge_topk, pure=True)(n, *parts[i : i + split_every])
+            for i in range(0, len(parts), split_every)
+        ]
+    return parts[0]

@@ -1,0 +1,438 @@
+"""``WALS``: the scikit-learn-style estimator in front of the sweep engine."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import numbers
+import time
+
+import dask
+import dask.array as da
+import numpy as np
+
+from . import _graph
+from .ratings import as_ratings
+from .store import FactorStore
+
+__all__ = ["WALS"]
+
+logger = logging.getLogger(__name__)
+
+
+class WALS:
+    r"""Weighted alternating least squares matrix factorisation A ≈ U Vᵀ on dask.
+
+    Minimises, over U (n × k) and V (m × k),
+
+    .. math::
+
+        \sum_{ij} W_{ij} (A_{ij} - u_i \cdot v_j)^2 + \lambda (\|U\|_F^2 + \|V\|_F^2),
+        \qquad W_{ij} = W_0 + R_i C_j \text{ if } (i, j) \text{ is stored, else } W_0,
+
+    where unstored entries of A count as 0, W0 = ``unobserved_weight``, R and C are the
+    row and column weights and λ = ``regularization``. Each iteration solves every row
+    of U exactly with V fixed, then every row of V with U fixed (TensorFlow 1.x
+    ``WALSModel`` semantics), so the objective never rises.
+
+    Parameters
+    ----------
+    n_components : int
+        The rank k.
+    unobserved_weight : float, default 0.1
+        W0, the weight of every entry (stored or not) — the implicit-feedback prior.
+    regularization : float or None, default None
+        λ. None means no regularisation term at all.
+    row_weights, col_weights : float, array-like or None, default 1
+        R (length n) and C (length m): non-negative scalars or vectors. Both None is
+        plain ALS (W_ij = W0 everywhere); one None without the other is an error.
+    n_iter : int, default 10
+        Iterations (a row sweep then a column sweep each).
+    row_init, col_init : "random" or array-like, default "random"
+        "random" draws N(0, 1) entries (reproducible with ``seed`` and independent of
+        the chunking); an array gives the initial U (n × k) or V (m × k).
+    seed : int or None
+        Seed of the random initialisation; None draws one (kept in ``seed_``).
+    dtype : {"float32", "float64"}, default "float32"
+        Storage precision of the factors. Normal equations are always accumulated and
+        solved in float64.
+    store : str, path, zarr store or None
+        Where the model lives; None uses a temporary directory removed with the model.
+    overwrite : bool, default False
+        Replace an existing model at ``store``.
+    chunks : "auto", int or (int, int)
+        Row and column block sizes of the ratings (ignored for dask arrays and Ratings,
+        whose chunking is kept). Factor chunks equal these blocks.
+    split_every : int or None
+        Fan-in of the tree reductions (Gramians, loss sums).
+    use_gramian_cache : bool, default True
+        Reuse the Gramian each sweep leaves in the store; False recomputes it from the
+        factor by a tree reduction before every sweep (same numbers).
+    callback : callable or None
+        Called as ``callback(model, iteration, loss)`` after every iteration.
+
+    Attributes
+    ----------
+    row_factors_, col_factors_ : dask.array.Array
+        U and V, read from the store (``np.asarray`` loads them).
+    loss_history_ : list of float
+        The full objective after each iteration.
+    n_iter_ : int
+        Iterations run.
+    seed_ : int
+        The seed used for random initialisation.
+    store_ : FactorStore
+        The model's store.
+    """
+
+    def __init__(
+        self,
+        n_components=10,
+        *,
+        unobserved_weight=0.1,
+        regularization=None,
+        row_weights=1,
+        col_weights=1,
+        n_iter=10,
+        row_init="random",
+        col_init="random",
+        seed=None,
+        dtype="float32",
+        store=None,
+        overwrite=False,
+        chunks="auto",
+        split_every=None,
+        use_gramian_cache=True,
+        callback=None,
+    ):
+        self.n_components = n_components
+        self.unobserved_weight = unobserved_weight
+        self.regularization = regularization
+        self.row_weights = row_weights
+        self.col_weights = col_weights
+        self.n_iter = n_iter
+        self.row_init = row_init
+        self.col_init = col_init
+        self.seed = seed
+        self.dtype = dtype
+        self.store = store
+        self.overwrite = overwrite
+        self.chunks = chunks
+        self.split_every = split_every
+        self.use_gramian_cache = use_gramian_cache
+        self.callback = callback
+
+    # --------------------------------------------------------------- parameters
+    @classmethod
+    def _param_names(cls):
+        sig = inspect.signature(cls.__init__)
+        return [p for p in sig.parameters if p != "self"]
+
+    def get_params(self, deep=True):
+        """The estimator's parameters, as scikit-learn defines them."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params):
+        """Set parameters by name; returns self."""
+        valid = set(self._param_names())
+        for name, value in params.items():
+            if name not in valid:
+                raise ValueError(
+                    f"invalid parameter {name!r} for WALS; valid parameters are {sorted(valid)}"
+                )
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self):
+        defaults = {
+            p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()
+        }
+        changed = [
+            f"{k}={v!r}" for k, v in self.get_params().items()
+            if not (isinstance(v, (str, numbers.Number, type(None), bool)) and v == defaults[k])
+        ]
+        return f"WALS({', '.join(changed)})"
+
+    # --------------------------------------------------------------------- fit
+    def fit(self, X, y=None):
+        """Factorise the ratings ``X``; returns self.
+
+        ``X`` is a scipy.sparse matrix, a ``sparse`` array, a dask array with ``sparse``
+        blocks (its chunking is kept) or a :class:`daskwals.Ratings`. Stored entries are
+        the observed set, stored zeros included.
+        """
+        ratings = as_ratings(X, chunks=self.chunks)
+        n, m = ratings.shape
+        k = _check_int("n_components", self.n_components, 1)
+        n_iter = _check_int("n_iter", self.n_iter, 0)
+        w0 = _check_nonneg("unobserved_weight", self.unobserved_weight)
+        lam = None if self.regularization is None else _check_nonneg(
+            "regularization", self.regularization
+        )
+        dtype = _check_dtype(self.dtype)
+        rw, cw = _resolve_weights(self.row_weights, self.col_weights, n, m)
+        row_init = _check_init("row_init", self.row_init, n, k)
+        col_init = _check_init("col_init", self.col_init, m, k)
+        seed = self.seed
+        if seed is None:
+            seed = int(np.random.SeedSequence().entropy % (2**63))
+        seed = _check_int("seed", seed, 0)
+
+        params = {
+            "n_components": k, "unobserved_weight": w0, "regularization": lam,
+            "als": rw is None, "seed": seed, "n_iter": n_iter,
+        }
+        store = FactorStore.create(
+            self.store, (n, m), k, row_chunk=ratings.chunks[0][0],
+            col_chunk=ratings.chunks[1][0], dtype=dtype, params=params,
+            overwrite=self.overwrite,
+        )
+        store.write_weights("row", rw)
+        store.write_weights("col", cw)
+        if ratings.in_memory:
+            # send in-memory data to the workers once, not with every sweep's graph
+            ratings = ratings.persist()
+        self.store_ = store
+        self.seed_ = seed
+        self.ratings_ = ratings
+        self.loss_history_ = []
+        self.n_iter_ = 0
+        inits = [
+            _graph.build_init(store, axis, seed=seed, values=init, split_every=self.split_every)
+            for axis, init in (("row", row_init), ("col", col_init))
+        ]
+        dask.compute(_graph.build_commit(store, inits))
+        for it in range(n_iter):
+            t0 = time.perf_counter()
+            self._sweep(store, ratings, "row", w0, lam, rw is None, final=False)
+            result = self._sweep(store, ratings.T, "col", w0, lam, rw is None, final=True)
+            loss = result["loss"]
+            self.loss_history_.append(loss)
+            self.n_iter_ = it + 1
+            logger.info(
+                "iteration %d/%d: loss %.6g (%.2f s)", it + 1, n_iter, loss,
+                time.perf_counter() - t0,
+            )
+            if self.callback is not None:
+                self.callback(self, it + 1, loss)
+        self.row_factors_ = store.factor("row")
+        self.col_factors_ = store.factor("col")
+        return self
+
+    def _sweep(self, store, ratings, axis, w0, lam, als, final):
+        other = "col" if axis == "row" else "row"
+        if self.use_gramian_cache:
+            fixed_gram = store.gramian(other)
+        else:
+            fixed_gram = _graph.gramian(store.factor(other), self.split_every)
+        sweep = _graph.build_sweep(
+            store, ratings, axis, unobserved_weight=w0, regularization=lam,
+            fixed_gram=fixed_gram, split_every=self.split_every, als=als, final=final,
+        )
+        (result,) = dask.compute(sweep)
+        store.commit([result["update"]], sweeps=1, loss=result["loss"])
+        return result
+
+    # ---------------------------------------------------------------- queries
+    def _check_fitted(self):
+        if not hasattr(self, "store_"):
+            raise RuntimeError("this WALS model is not fitted yet; call fit(X) first")
+
+    def recommend(self, rows, N=10, *, filter_already_liked=True, batch_size=2048):
+        """The ``N`` best columns (items) for each of ``rows`` by score u_i · v_j.
+
+        Computed per batch of rows as a top-k reduction over the column blocks of V, so
+        the rows × items score matrix is never formed. With ``filter_already_liked`` the
+        row's stored entries in the fitted ratings are excluded.
+
+        Returns
+        -------
+        ids : ndarray of int64, (len(rows), N)
+            Column indices, best first (-1 where fewer than N columns are left).
+        scores : ndarray of float64, (len(rows), N)
+        """
+        self._check_fitted()
+        rows = np.atleast_1d(np.asarray(rows))
+        n = self.store_.length("row")
+        if rows.ndim != 1 or (rows.size and not np.issubdtype(rows.dtype, np.integer)):
+            raise ValueError(f"rows must be a 1-d sequence of row indices; got {rows!r}")
+        bad = rows[(rows < 0) | (rows >= n)]
+        if bad.size:
+            raise ValueError(f"rows must lie in [0, {n}); got {bad[0]}")
+        N = _check_int("N", N, 1)
+        V = self.store_.factor("col")
+        ids, scores = [], []
+        for start in range(0, rows.size, batch_size):
+            batch = rows[start : start + batch_size]
+            users = np.asarray(self.store_.factor_array("row").oindex[batch])
+            liked = _rows_csr(self.ratings_, batch) if filter_already_liked else None
+            part = _graph.build_topk(users, V, N, liked, self.split_every)
+            (result,) = dask.compute(part)
+            ids.append(result[0])
+            scores.append(result[1])
+        if not ids:
+            return np.empty((0, N), np.int64), np.empty((0, N))
+        return np.concatenate(ids), np.concatenate(scores)
+
+    def loss(self, X=None):
+        """The full objective at the current factors (on ``X``, default the fitted ratings)."""
+        self._check_fitted()
+        ratings = self.ratings_ if X is None else as_ratings(X, chunks=self.ratings_.chunks)
+        return _evaluate_loss(self.store_, ratings, self.split_every)
+
+
+def _evaluate_loss(store, ratings, split_every=None):
+    """The full objective of the store's current factors on ``ratings``, never forming UVᵀ."""
+    params = store.meta["params"]
+    w0 = params["unobserved_weight"]
+    lam = params["regularization"] or 0.0
+    U, V = store.factor("row"), store.factor("col")
+    rw, cw = store.weights("row"), store.weights("col")
+    blocks = ratings.rows.to_delayed()
+    v_blocks = [b[0] for b in V.to_delayed()]
+    u_blocks = [b[0] for b in U.to_delayed()]
+    cw_blocks = [None] * len(v_blocks) if cw is None else list(cw.to_delayed())
+    rw_blocks = [None] * len(u_blocks) if rw is None else list(rw.to_delayed())
+    parts = [
+        dask.delayed(_loss_task, pure=True)(list(blocks[i]), u_blocks[i], v_blocks, cw_blocks,
+                                            rw_blocks[i])
+        for i in range(blocks.shape[0])
+    ]
+    sums = _graph.tree_sum(parts, split_every)
+    gu, gv = _graph.gramian(U, split_every), _graph.gramian(V, split_every)
+    sums, gu, gv = dask.compute(sums, gu, gv)
+    return _graph.full_loss(sums, gu, gv, w0, lam)
+
+
+def _rows_csr(ratings, rows):
+    """The stored entries of ``rows`` (global indices) as a scipy CSR, one row each."""
+    import scipy.sparse
+
+    chunk = ratings.chunks[0][0]
+    blocks = ratings.rows.to_delayed()
+    col_offsets = np.concatenate([[0], np.cumsum(ratings.chunks[1])])
+    unique, inverse = np.unique(rows, return_inverse=True)
+    parts = []
+    for b in np.unique(unique // chunk):
+        local = unique[unique // chunk == b] - b * chunk
+        parts.append(dask.delayed(_select_rows)(list(blocks[b]), local, col_offsets))
+    stacked = scipy.sparse.vstack(dask.compute(*parts), format="csr")
+    return stacked[inverse]
+
+
+def _select_rows(blocks, local_rows, col_offsets):
+    import scipy.sparse
+
+    from ._blockops import coo_parts
+
+    out_r, out_c = [], []
+    position = np.full(blocks[0].shape[0], -1, dtype=np.int64)
+    position[local_rows] = np.arange(len(local_rows))
+    for j, block in enumerate(blocks):
+        r, c, _ = coo_parts(block)
+        pos = position[r]
+        mask = pos >= 0
+        out_r.append(pos[mask])
+        out_c.append(c[mask] + col_offsets[j])
+    r = np.concatenate(out_r) if out_r else np.zeros(0, np.int64)
+    c = np.concatenate(out_c) if out_c else np.zeros(0, np.int64)
+    return scipy.sparse.csr_matrix(
+        (np.ones(r.size), (r, c)), shape=(len(local_rows), int(col_offsets[-1]))
+    )
+
+
+def _loss_task(blocks, x, factors, col_weights, row_weights):
+    from . import _blockops, _kernels
+
+    pieces = [
+        _blockops.gather_piece(b, f, np.ones(f.shape[0]) if c is None else c)
+        for b, f, c in zip(blocks, factors, col_weights)
+    ]
+    n_rows = x.shape[0]
+    indptr, indices, data, ew, cg, vg = _blockops.stack_pieces(pieces, n_rows)
+    if vg.shape[0] == 0:
+        vg = np.zeros((0, x.shape[1]))
+    r = np.zeros(n_rows) if row_weights is None else np.asarray(row_weights, np.float64)
+    return _kernels.loss_block(
+        indptr, indices, data, ew, r, cg, np.ascontiguousarray(x, dtype=np.float64), vg
+    )
+
+
+# ---------------------------------------------------------------- validation
+def _check_int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer ≥ {minimum}; got {value!r}")
+    return int(value)
+
+
+def _check_nonneg(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) \
+            or value < 0:
+        raise ValueError(f"{name} must be a finite number ≥ 0; got {value!r}")
+    return float(value)
+
+
+def _check_dtype(dtype):
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt not in (np.dtype("float32"), np.dtype("float64")):
+        raise ValueError(f"dtype must be 'float32' or 'float64'; got {dtype!r}")
+    return dt.name
+
+
+def _resolve_weights(row_weights, col_weights, n, m):
+    if (row_weights is None) != (col_weights is None):
+        raise ValueError(
+            f"row_weights and col_weights must both be None (plain ALS) or both be given; got "
+            f"row_weights={_short(row_weights)} and col_weights={_short(col_weights)}. Set the "
+            "other one to None or to 1."
+        )
+    if row_weights is None:
+        return None, None
+    return _weight_vector("row_weights", row_weights, n), _weight_vector(
+        "col_weights", col_weights, m
+    )
+
+
+def _weight_vector(name, value, length):
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        vec = np.full(length, float(value))
+    else:
+        if isinstance(value, da.Array):
+            value = value.compute()
+        vec = np.asarray(value, dtype=np.float64).ravel()
+        if vec.shape != (length,):
+            raise ValueError(
+                f"{name} must be a scalar or have one value per {name[:3]} ({length}); got "
+                f"shape {np.shape(value)}"
+            )
+    bad = np.flatnonzero(~np.isfinite(vec) | (vec < 0))
+    if bad.size:
+        raise ValueError(
+            f"{name} must be finite and ≥ 0; {bad.size} values are not, the first is "
+            f"{vec[bad[0]]} at position {bad[0]}"
+        )
+    return vec
+
+
+def _check_init(name, init, length, k):
+    if isinstance(init, str):
+        if init != "random":
+            raise ValueError(f"{name} must be 'random' or an array; got {init!r}")
+        return None
+    arr = init.compute() if isinstance(init, da.Array) else np.asarray(init)
+    if arr.shape != (length, k):
+        raise ValueError(
+            f"{name} must have shape ({length}, {k}) (rows × n_components); got {arr.shape}"
+        )
+    if not np.issubdtype(arr.dtype, np.number) or not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must hold finite numbers")
+    return np.asarray(arr, dtype=np.float64)
+
+
+def _short(value):
+    if value is None or isinstance(value, numbers.Number):
+        return repr(value)
+    return f"<{type(value).__name__} of shape {np.shape(value)}>"

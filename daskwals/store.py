@@ -1,0 +1,299 @@
+"""FactorStore: the model's factors, weights, Gramians and metadata in a zarr (v3) group.
+
+Layout of the group::
+
+    zarr.json                    attrs["daskwals"]: format version, shape, rank, dtype,
+                                 chunking, hyper-parameters, sweep counter, loss history
+                                 and the *current* version of every versioned array
+    row_factors/v000000 ...      U, n × k, chunked (row_chunk, k)
+    col_factors/v000000 ...      V, m × k, chunked (col_chunk, k)
+    row_gramian/v000000 ...      UᵀU, k × k float64, versioned with U
+    col_gramian/v000000 ...      VᵀV, k × k float64, versioned with V
+    row_weights, col_weights     R (n,) and C (m,) float64 (absent in plain ALS mode)
+
+A sweep writes a *new* version of a factor, chunk by chunk (each task writes whole
+chunks), and :meth:`FactorStore.commit` then switches the pointer in the group's
+attributes, which zarr rewrites atomically. A sweep that dies before the commit leaves
+the previous version current; its partial array is removed by the next sweep.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import weakref
+
+import dask.array as da
+import numpy as np
+import zarr
+
+__all__ = ["FactorStore", "FORMAT_VERSION"]
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+_ATTR = "daskwals"
+_AXES = {"row": "row", "col": "col"}
+
+
+def _check_axis(axis):
+    if axis not in _AXES:
+        raise ValueError(f"axis must be 'row' or 'col'; got {axis!r}")
+    return axis
+
+
+class FactorStore:
+    """A WALS model on disk (or any zarr store). Use :meth:`create` or :meth:`open`."""
+
+    def __init__(self, group, tmpdir=None):
+        self.group = group
+        self._tmpdir = tmpdir  # keeps a temporary directory alive as long as the store
+
+    # ------------------------------------------------------------------ lifecycle
+    @classmethod
+    def create(
+        cls, store, shape, n_components, *, row_chunk, col_chunk, dtype="float32",
+        params=None, overwrite=False,
+    ):
+        """Create an empty model store.
+
+        Parameters
+        ----------
+        store : str, os.PathLike, zarr store or None
+            Where to write; None creates a temporary directory removed with the object.
+        shape : (int, int)
+            (n_rows, n_cols) of the ratings.
+        n_components : int
+            The rank k.
+        row_chunk, col_chunk : int
+            Factor chunk sizes: equal to the ratings' row and column block sizes.
+        dtype : str
+            Storage precision of the factors ("float32" or "float64").
+        params : dict
+            JSON-serialisable hyper-parameters, kept in the attributes.
+        overwrite : bool
+            Replace an existing model at ``store``.
+        """
+        tmp = None
+        if store is None:
+            tmp = tempfile.TemporaryDirectory(prefix="daskwals-")
+            store = os.path.join(tmp.name, "model.zarr")
+        if isinstance(store, os.PathLike):
+            store = os.fspath(store)
+        if not overwrite:
+            existing = _try_open(store)
+            if existing is not None and _ATTR in existing.attrs:
+                raise FileExistsError(
+                    f"a daskwals model already exists at {store!r}; pass overwrite=True to "
+                    "replace it, or open it with FactorStore.open to resume or serve it"
+                )
+        group = zarr.open_group(store, mode="w", zarr_format=3)
+        n, m = (int(s) for s in shape)
+        group.attrs[_ATTR] = {
+            "format_version": FORMAT_VERSION,
+            "shape": [n, m],
+            "n_components": int(n_components),
+            "dtype": np.dtype(dtype).name,
+            "row_chunk": int(row_chunk),
+            "col_chunk": int(col_chunk),
+            "params": params or {},
+            "sweeps": 0,
+            "iterations": 0,
+            "loss_history": [],
+            "current": {},
+            "next_version": 0,
+        }
+        self = cls(group, tmp)
+        if tmp is not None:
+            weakref.finalize(self, tmp.cleanup)
+        return self
+
+    @classmethod
+    def open(cls, store, mode="r+"):
+        """Open an existing model store (``mode="r"`` for read only)."""
+        if isinstance(store, os.PathLike):
+            store = os.fspath(store)
+        group = _try_open(store, mode)
+        if group is None or _ATTR not in group.attrs:
+            raise FileNotFoundError(f"no daskwals model store at {store!r}")
+        meta = group.attrs[_ATTR]
+        version = meta.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise ValueError(
+                f"the store at {store!r} has format version {version!r}, newer than this "
+                f"daskwals supports ({FORMAT_VERSION}); upgrade daskwals to read it"
+            )
+        return cls(group)
+
+    def __reduce__(self):
+        # Tasks get the group only: a temporary directory is owned by the client's object.
+        return (FactorStore, (self.group,))
+
+    # ------------------------------------------------------------------ metadata
+    def _fresh(self):
+        # A zarr Group keeps its attributes in memory; another process (a worker's
+        # commit, say) may have rewritten them, so re-read the group's metadata.
+        return zarr.open_group(self.group.store, path=self.group.path, mode="r",
+                               zarr_format=3)
+
+    @property
+    def meta(self):
+        """The store's metadata dictionary (a fresh read of the attributes)."""
+        return dict(self._fresh().attrs[_ATTR])
+
+    def _update_meta(self, **changes):
+        meta = self.meta
+        meta.update(changes)
+        self.group.attrs[_ATTR] = meta
+        return meta
+
+    @property
+    def shape(self):
+        return tuple(self.meta["shape"])
+
+    @property
+    def n_components(self):
+        return self.meta["n_components"]
+
+    @property
+    def dtype(self):
+        return np.dtype(self.meta["dtype"])
+
+    @property
+    def path(self):
+        """A string naming the store (a path for local stores)."""
+        store = self.group.store
+        root = getattr(store, "root", None)
+        return str(root) if root is not None else str(store)
+
+    def chunk(self, axis):
+        """Factor chunk size along ``axis`` ('row' or 'col')."""
+        return self.meta[f"{_check_axis(axis)}_chunk"]
+
+    def length(self, axis):
+        return self.shape[0 if _check_axis(axis) == "row" else 1]
+
+    # ------------------------------------------------------------------ factors
+    def new_factor(self, axis):
+        """Create the next (not yet current) version of a factor; returns (name, array)."""
+        axis = _check_axis(axis)
+        meta = self.meta
+        version = meta["next_version"]
+        self._update_meta(next_version=version + 1)
+        name = f"{axis}_factors/v{version:06d}"
+        array = self.group.create_array(
+            name,
+            shape=(self.length(axis), meta["n_components"]),
+            chunks=(meta[f"{axis}_chunk"], meta["n_components"]),
+            dtype=meta["dtype"],
+            compressors=None,
+            fill_value=0,
+            overwrite=True,
+            dimension_names=[f"{axis}", "component"],
+        )
+        return name, array
+
+    def factor_array(self, axis, name=None):
+        """The zarr array of the current (or the named) version of a factor."""
+        axis = _check_axis(axis)
+        if name is None:
+            name = self.meta["current"].get(f"{axis}_factors")
+            if name is None:
+                raise RuntimeError(
+                    f"the store has no {axis} factors yet; initialise or fit the model first"
+                )
+        return self.group[name]
+
+    def factor(self, axis, name=None):
+        """The current factor as a dask array chunked like the ratings blocks."""
+        return da.from_zarr(self.factor_array(axis, name))
+
+    def gramian(self, axis):
+        """The Gramian (XᵀX, float64) stored with the current factor, or None."""
+        name = self.meta["current"].get(f"{_check_axis(axis)}_gramian")
+        return None if name is None else np.asarray(self.group[name][...])
+
+    def has(self, axis):
+        return f"{_check_axis(axis)}_factors" in self.meta["current"]
+
+    def commit(self, updates, *, sweeps=0, loss=None, extra=None):
+        """Make new factor versions (with their Gramians) current in one atomic step.
+
+        ``updates`` is a sequence of ``(axis, name, gramian)``: the factor version
+        written by :meth:`new_factor` and its Gramian XᵀX. ``sweeps`` is added to the
+        sweep counter; ``loss`` is appended to the loss history (completing an
+        iteration). Older versions are deleted afterwards.
+        """
+        current = dict(self.meta["current"])
+        keep = set()
+        for axis, name, gramian in updates:
+            axis = _check_axis(axis)
+            gname = f"{axis}_gramian/{name.rsplit('/', 1)[1]}"
+            garr = self.group.create_array(
+                gname, shape=np.shape(gramian), chunks=np.shape(gramian), dtype="float64",
+                compressors=None, overwrite=True,
+            )
+            garr[...] = np.asarray(gramian, dtype=np.float64)
+            current[f"{axis}_factors"] = name
+            current[f"{axis}_gramian"] = gname
+            keep |= {name, gname}
+        meta = self.meta
+        changes = {"current": current, "sweeps": meta["sweeps"] + int(sweeps)}
+        if loss is not None:
+            changes["loss_history"] = [*meta["loss_history"], float(loss)]
+            changes["iterations"] = meta["iterations"] + 1
+        if extra:
+            changes.update(extra)
+        self._update_meta(**changes)
+        for axis in {u[0] for u in updates}:
+            self._remove_stale(axis, keep)
+        return self.meta
+
+    def _remove_stale(self, axis, keep):
+        for kind in ("factors", "gramian"):
+            parent = f"{axis}_{kind}"
+            if parent not in self.group:
+                continue
+            for key in list(self.group[parent].array_keys()):
+                full = f"{parent}/{key}"
+                if full not in keep:
+                    del self.group[full]
+
+    # ------------------------------------------------------------------ weights
+    def write_weights(self, axis, weights):
+        """Store R (axis='row') or C (axis='col'); None removes them (ALS mode)."""
+        axis = _check_axis(axis)
+        name = f"{axis}_weights"
+        if weights is None:
+            if name in self.group:
+                del self.group[name]
+            return None
+        weights = np.asarray(weights, dtype=np.float64)
+        arr = self.group.create_array(
+            name, shape=weights.shape, chunks=(self.chunk(axis),), dtype="float64",
+            compressors=None, overwrite=True, fill_value=0, dimension_names=[axis],
+        )
+        arr[...] = weights
+        return arr
+
+    def weights(self, axis):
+        """R or C as a dask array chunked like the factor, or None in ALS mode."""
+        name = f"{_check_axis(axis)}_weights"
+        if name not in self.group:
+            return None
+        return da.from_zarr(self.group[name])
+
+    def __repr__(self):
+        meta = self.meta
+        return (
+            f"<FactorStore {self.path!r} shape={tuple(meta['shape'])} "
+            f"k={meta['n_components']} sweeps={meta['sweeps']}>"
+        )
+
+
+def _try_open(store, mode="r"):
+    try:
+        return zarr.open_group(store, mode=mode, zarr_format=3)
+    except (FileNotFoundError, zarr.errors.NodeNotFoundError, zarr.errors.ContainsArrayError):
+        return None
