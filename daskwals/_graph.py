@@ -161,7 +161,6 @@ def build_sweep(
     """
     other = "col" if axis == "row" else "row"
     X = ratings.rows
-    k = store.n_components
     if X.chunks[0][0] != store.chunk(axis) or X.chunks[1][0] != store.chunk(other):
         raise ValueError(
             f"ratings blocks {X.chunks[0][0]}×{X.chunks[1][0]} do not match the store's factor "

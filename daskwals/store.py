@@ -19,10 +19,11 @@ the previous version current; its partial array is removed by the next sweep.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
 import tempfile
-import weakref
 
 import dask.array as da
 import numpy as np
@@ -46,9 +47,8 @@ def _check_axis(axis):
 class FactorStore:
     """A WALS model on disk (or any zarr store). Use :meth:`create` or :meth:`open`."""
 
-    def __init__(self, group, tmpdir=None):
+    def __init__(self, group):
         self.group = group
-        self._tmpdir = tmpdir  # keeps a temporary directory alive as long as the store
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
@@ -61,7 +61,7 @@ class FactorStore:
         Parameters
         ----------
         store : str, os.PathLike, zarr store or None
-            Where to write; None creates a temporary directory removed with the object.
+            Where to write; None creates a temporary directory, removed at exit.
         shape : (int, int)
             (n_rows, n_cols) of the ratings.
         n_components : int
@@ -75,10 +75,12 @@ class FactorStore:
         overwrite : bool
             Replace an existing model at ``store``.
         """
-        tmp = None
         if store is None:
-            tmp = tempfile.TemporaryDirectory(prefix="daskwals-")
-            store = os.path.join(tmp.name, "model.zarr")
+            # Removed at interpreter exit, not when this object dies: lazy arrays read
+            # from the store (row_factors_, ...) may outlive the objects that made them.
+            tmp = tempfile.mkdtemp(prefix="daskwals-")
+            atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+            store = os.path.join(tmp, "model.zarr")
         if isinstance(store, os.PathLike):
             store = os.fspath(store)
         if not overwrite:
@@ -104,10 +106,7 @@ class FactorStore:
             "current": {},
             "next_version": 0,
         }
-        self = cls(group, tmp)
-        if tmp is not None:
-            weakref.finalize(self, tmp.cleanup)
-        return self
+        return cls(group)
 
     @classmethod
     def open(cls, store, mode="r+"):
@@ -125,10 +124,6 @@ class FactorStore:
                 f"daskwals supports ({FORMAT_VERSION}); upgrade daskwals to read it"
             )
         return cls(group)
-
-    def __reduce__(self):
-        # Tasks get the group only: a temporary directory is owned by the client's object.
-        return (FactorStore, (self.group,))
 
     # ------------------------------------------------------------------ metadata
     def _fresh(self):
