@@ -122,14 +122,12 @@ def build_init(store, axis, *, seed, values=None, split_every=None):
 
 
 # ------------------------------------------------------------------------ sweeps
-def _solve_task(
-    blocks, factors, fixed_weights, weights, base, out, start, w0, dtype, solve_empty, context
-):
-    pieces = [
-        gather_piece(b, f, np.ones(f.shape[0]) if fw is None else fw)
-        for b, f, fw in zip(blocks, factors, fixed_weights)
-    ]
-    n_rows = blocks[0].shape[0]
+def _gather_task(block, factor, fixed_weights):
+    cw = np.ones(factor.shape[0]) if fixed_weights is None else fixed_weights
+    return gather_piece(block, factor, cw)
+
+
+def _solve_task(pieces, n_rows, weights, base, out, start, w0, dtype, solve_empty, context):
     r = np.zeros(n_rows) if weights is None else weights
     x, sums, gram = solve_pieces(
         pieces, n_rows, r, base, w0, dtype=dtype, solve_empty=solve_empty,
@@ -137,6 +135,11 @@ def _solve_task(
     )
     out[start : start + n_rows] = x
     return sums, gram
+
+
+def _gather_solve_task(blocks, factors, fixed_weights, *args):
+    pieces = [_gather_task(b, f, fw) for b, f, fw in zip(blocks, factors, fixed_weights)]
+    return _solve_task(pieces, *args)
 
 
 def _base_matrix(fixed_gram, w0, lam):
@@ -149,7 +152,7 @@ def _base_matrix(fixed_gram, w0, lam):
 
 def build_sweep(
     store, ratings, axis, *, unobserved_weight, regularization, fixed_gram, split_every=None,
-    als=False, final=False,
+    als=False, final=False, cache_factors=True,
 ):
     """Delayed ``{"update": (axis, name, gramian), "sums": ..., "loss": ...}``: a full sweep.
 
@@ -158,6 +161,13 @@ def build_sweep(
     are the rows being solved (pass ``ratings.T`` for the column sweep). ``fixed_gram``
     is the other factor's Gramian, a NumPy array or a lazy dask/delayed value. When
     ``final`` is true the full objective at the new values is evaluated too.
+
+    With ``cache_factors`` every row-block task receives the whole fixed factor (its
+    chunks are read from zarr once per sweep and kept in worker memory). Without it,
+    no task holds the whole factor: one task per (row block, column block) pair
+    gathers, from that column block's factor chunk (read once per sweep), only the
+    rows its stored entries touch, and the row-block task concatenates those pieces.
+    Both give identical numbers.
     """
     other = "col" if axis == "row" else "row"
     X = ratings.rows
@@ -183,12 +193,18 @@ def build_sweep(
     results = []
     for i in range(blocks.shape[0]):
         start = i * store.chunk(axis)
-        results.append(
-            dask.delayed(_solve_task, pure=False)(
-                list(blocks[i]), fixed_blocks, fixed_w, own_w[i], base, out, start, w0,
-                store.dtype, True, context,
+        args = (X.chunks[0][i], own_w[i], base, out, start, w0, store.dtype, True, context)
+        if cache_factors:
+            task = dask.delayed(_gather_solve_task, pure=False)(
+                list(blocks[i]), fixed_blocks, fixed_w, *args
             )
-        )
+        else:
+            pieces = [
+                dask.delayed(_gather_task, pure=True)(blocks[i][j], fixed_blocks[j], fixed_w[j])
+                for j in range(blocks.shape[1])
+            ]
+            task = dask.delayed(_solve_task, pure=False)(pieces, *args)
+        results.append(task)
     total = tree_sum(results, split_every)
     sums, gram = total[0], total[1]
     loss = None

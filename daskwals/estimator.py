@@ -65,9 +65,19 @@ class WALS:
         whose chunking is kept). Factor chunks equal these blocks.
     split_every : int or None
         Fan-in of the tree reductions (Gramians, loss sums).
+    use_factors_weights_cache : bool, default True
+        True: each row-block task receives the whole fixed factor and its weights (read
+        once per sweep, kept in worker memory). False: stream — no task holds a whole
+        factor; per (row block, column block) tasks gather from one factor chunk only
+        the rows that block's stored entries touch. Same numbers; False bounds memory
+        per task by the chunk sizes.
     use_gramian_cache : bool, default True
         Reuse the Gramian each sweep leaves in the store; False recomputes it from the
         factor by a tree reduction before every sweep (same numbers).
+    resume : bool, default False
+        If ``store`` holds a model of the same shape, rank, chunking and
+        hyper-parameters, continue it from its last completed sweep (each sweep is a
+        checkpoint) up to ``n_iter`` iterations; otherwise start afresh there.
     callback : callable or None
         Called as ``callback(model, iteration, loss)`` after every iteration.
 
@@ -102,7 +112,9 @@ class WALS:
         overwrite=False,
         chunks="auto",
         split_every=None,
+        use_factors_weights_cache=True,
         use_gramian_cache=True,
+        resume=False,
         callback=None,
     ):
         self.n_components = n_components
@@ -119,7 +131,9 @@ class WALS:
         self.overwrite = overwrite
         self.chunks = chunks
         self.split_every = split_every
+        self.use_factors_weights_cache = use_factors_weights_cache
         self.use_gramian_cache = use_gramian_cache
+        self.resume = resume
         self.callback = callback
 
     # --------------------------------------------------------------- parameters
@@ -180,41 +194,57 @@ class WALS:
 
         params = {
             "n_components": k, "unobserved_weight": w0, "regularization": lam,
-            "als": rw is None, "seed": seed, "n_iter": n_iter,
+            "als": rw is None, "seed": seed,
         }
-        store = FactorStore.create(
-            self.store, (n, m), k, row_chunk=ratings.chunks[0][0],
-            col_chunk=ratings.chunks[1][0], dtype=dtype, params=params,
-            overwrite=self.overwrite,
-        )
-        store.write_weights("row", rw)
-        store.write_weights("col", cw)
+        chunks = (ratings.chunks[0][0], ratings.chunks[1][0])
+        store = None
+        if self.resume and self.store is not None:
+            store = _open_for_resume(self.store, (n, m), chunks, dtype, params,
+                                     seed_given=self.seed is not None)
+        if store is not None:
+            params = store.meta["params"]
+            seed = params["seed"]
+            _check_same_weights(store, rw, cw)
+        else:
+            store = FactorStore.create(
+                self.store, (n, m), k, row_chunk=chunks[0], col_chunk=chunks[1], dtype=dtype,
+                params=params, overwrite=self.overwrite or self.resume,
+            )
+            store.write_weights("row", rw)
+            store.write_weights("col", cw)
+            inits = [
+                _graph.build_init(store, axis, seed=seed, values=init,
+                                  split_every=self.split_every)
+                for axis, init in (("row", row_init), ("col", col_init))
+            ]
+            dask.compute(_graph.build_commit(store, inits))
         if ratings.in_memory:
             # send in-memory data to the workers once, not with every sweep's graph
             ratings = ratings.persist()
         self.store_ = store
         self.seed_ = seed
         self.ratings_ = ratings
-        self.loss_history_ = []
-        self.n_iter_ = 0
-        inits = [
-            _graph.build_init(store, axis, seed=seed, values=init, split_every=self.split_every)
-            for axis, init in (("row", row_init), ("col", col_init))
-        ]
-        dask.compute(_graph.build_commit(store, inits))
-        for it in range(n_iter):
-            t0 = time.perf_counter()
-            self._sweep(store, ratings, "row", w0, lam, rw is None, final=False)
+        meta = store.meta
+        self.loss_history_ = list(meta["loss_history"])
+        self.n_iter_ = meta["sweeps"] // 2
+        if meta["sweeps"]:
+            logger.info("resuming from %s after %d sweeps", store.path, meta["sweeps"])
+        t0 = time.perf_counter()
+        for sweep in range(meta["sweeps"], 2 * n_iter):
+            if sweep % 2 == 0:
+                self._sweep(store, ratings, "row", w0, lam, rw is None, final=False)
+                continue
             result = self._sweep(store, ratings.T, "col", w0, lam, rw is None, final=True)
             loss = result["loss"]
             self.loss_history_.append(loss)
-            self.n_iter_ = it + 1
+            self.n_iter_ = sweep // 2 + 1
             logger.info(
-                "iteration %d/%d: loss %.6g (%.2f s)", it + 1, n_iter, loss,
+                "iteration %d/%d: loss %.6g (%.2f s)", self.n_iter_, n_iter, loss,
                 time.perf_counter() - t0,
             )
+            t0 = time.perf_counter()
             if self.callback is not None:
-                self.callback(self, it + 1, loss)
+                self.callback(self, self.n_iter_, loss)
         self.row_factors_ = store.factor("row")
         self.col_factors_ = store.factor("col")
         return self
@@ -228,6 +258,7 @@ class WALS:
         sweep = _graph.build_sweep(
             store, ratings, axis, unobserved_weight=w0, regularization=lam,
             fixed_gram=fixed_gram, split_every=self.split_every, als=als, final=final,
+            cache_factors=self.use_factors_weights_cache,
         )
         (result,) = dask.compute(sweep)
         store.commit([result["update"]], sweeps=1, loss=result["loss"])
@@ -356,6 +387,48 @@ def _loss_task(blocks, x, factors, col_weights, row_weights):
     return _kernels.loss_block(
         indptr, indices, data, ew, r, cg, np.ascontiguousarray(x, dtype=np.float64), vg
     )
+
+
+# ---------------------------------------------------------------------- resume
+def _open_for_resume(path, shape, chunks, dtype, params, *, seed_given):
+    """The store at ``path`` if it holds a compatible model to continue, else None."""
+    try:
+        store = FactorStore.open(path)
+    except FileNotFoundError:
+        return None
+    meta = store.meta
+    if not (store.has("row") and store.has("col")):
+        return None  # interrupted before its initialisation was committed: start afresh
+    expected = {
+        "shape": list(shape), "n_components": params["n_components"], "dtype": dtype,
+        "row_chunk": chunks[0], "col_chunk": chunks[1],
+    }
+    stored = {key: meta[key] for key in expected}
+    for key in ("unobserved_weight", "regularization", "als") + (("seed",) if seed_given else ()):
+        expected[key] = params[key]
+        stored[key] = meta["params"].get(key)
+    diff = {key: (stored[key], expected[key]) for key in expected if stored[key] != expected[key]}
+    if diff:
+        detail = ", ".join(f"{key}: store has {a!r}, fit asks for {b!r}" for key, (a, b) in diff.items())
+        raise ValueError(
+            f"cannot resume the model at {store.path!r}: {detail}. Fit with the store's "
+            "settings, or pass resume=False and overwrite=True to start a new model there."
+        )
+    return store
+
+
+def _check_same_weights(store, rw, cw):
+    for axis, given in (("row", rw), ("col", cw)):
+        stored = store.weights(axis)
+        same = (stored is None and given is None) or (
+            stored is not None and given is not None
+            and np.array_equal(np.asarray(stored), given)
+        )
+        if not same:
+            raise ValueError(
+                f"cannot resume the model at {store.path!r}: its {axis}_weights differ from "
+                f"the ones given; pass the same {axis}_weights, or start a new model"
+            )
 
 
 # ---------------------------------------------------------------- validation
