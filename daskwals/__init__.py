@@ -7,6 +7,7 @@ running on the threaded scheduler or a dask.distributed cluster.
 
 from __future__ import annotations
 
+from . import metrics, splits
 from ._blockops import SingularSystemError
 from .estimator import WALS
 from .ratings import Ratings, as_ratings
@@ -14,4 +15,7 @@ from .store import FactorStore
 
 __version__ = "0.1.0"
 
-__all__ = ["FactorStore", "Ratings", "SingularSystemError", "WALS", "__version__", "as_ratings"]
+__all__ = [
+    "FactorStore", "Ratings", "SingularSystemError", "WALS", "__version__", "as_ratings",
+    "metrics", "splits",
+]

@@ -138,7 +138,17 @@ def solve_pieces(
     )
     if failed >= 0:
         raise SingularSystemError(_singular_message(row_offset + failed, count, k, context or {}))
-    x = x.astype(dtype, copy=False)
+    with np.errstate(over="ignore"):  # overflow is reported just below, with its fix
+        x = x.astype(dtype, copy=False)
+    if not np.all(np.isfinite(x)):
+        bad = int(np.flatnonzero(~np.all(np.isfinite(x), axis=1))[0])
+        raise FloatingPointError(
+            f"the new factor of {(context or {}).get('axis', 'row')} {row_offset + bad} is not "
+            f"finite (in {np.dtype(dtype).name}); the ratings or weights are too large for "
+            "this precision or the system is badly conditioned. Rescale the ratings or "
+            "weights, raise regularization, or use dtype='float64'. The store keeps the last "
+            "complete sweep."
+        )
     x64 = x.astype(np.float64, copy=False)
     sums = _kernels.loss_block(indptr, indices, data, ew, r, cg, np.ascontiguousarray(x64), vg)
     return x, sums, x64.T @ x64

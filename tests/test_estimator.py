@@ -239,3 +239,17 @@ def test_recommend_matches_brute_force(small):
                                                              np.sort(s[expected]))
     all_ids, _ = model.recommend([3], N=20, filter_already_liked=False)
     assert sorted(all_ids[0]) == list(range(20))
+
+
+def test_non_finite_factors_stop_the_fit_and_keep_the_last_sweep(tmp_path):
+    """Ratings beyond float32's range overflow the stored factors: a clear error, store intact."""
+    X = random_ratings(20, 15, 0.4, seed=2)
+    model = fit(X, store=tmp_path / "m.zarr", dtype="float32", n_iter=1, regularization=0.1)
+    before = np.asarray(model.row_factors_).copy()
+    huge = X * 1e40  # solutions beyond float32's range
+    with pytest.raises(FloatingPointError, match=r"(?s)not finite.*dtype='float64'"):
+        fit(huge, store=tmp_path / "m.zarr", dtype="float32", n_iter=2, regularization=0.1,
+            resume=True)
+    store = FactorStore.open(tmp_path / "m.zarr")
+    assert store.meta["sweeps"] == 2
+    np.testing.assert_array_equal(np.asarray(store.factor("row")), before)
