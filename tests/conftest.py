@@ -41,7 +41,7 @@ def local_cluster():
     distributed = pytest.importorskip("distributed")
     with dask.config.set({"distributed.worker.daemon": False}):
         cluster = distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
             silence_logs=logging.CRITICAL, env={"NUMBA_NUM_THREADS": "1"},
         )
     yield cluster

@@ -90,7 +90,7 @@ def test_cluster_with_small_memory_limit_streams_without_restarts(tmp_path):
     X = random_ratings(4000, 3000, 0.02, seed=5)
     kwargs = dict(n_iter=2, seed=0, regularization=0.1, chunks=(500, 500), dtype="float64")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  memory_limit="400MiB", dashboard_address=None,
+                                  memory_limit="400MiB", dashboard_address=":0",
                                   env={"NUMBA_NUM_THREADS": "1"}) as cluster, \
             distributed.Client(cluster) as client:
         before = set(client.scheduler_info()["workers"])
