@@ -81,8 +81,7 @@ class FactorStore:
             tmp = tempfile.mkdtemp(prefix="daskwals-")
             atexit.register(shutil.rmtree, tmp, ignore_errors=True)
             store = os.path.join(tmp, "model.zarr")
-        if isinstance(store, os.PathLike):
-            store = os.fspath(store)
+        store = _normalise_path(store)
         if not overwrite:
             existing = _try_open(store)
             if existing is not None and _ATTR in existing.attrs:
@@ -111,8 +110,7 @@ class FactorStore:
     @classmethod
     def open(cls, store, mode="r+"):
         """Open an existing model store (``mode="r"`` for read only)."""
-        if isinstance(store, os.PathLike):
-            store = os.fspath(store)
+        store = _normalise_path(store)
         group = _try_open(store, mode)
         if group is None or _ATTR not in group.attrs:
             raise FileNotFoundError(f"no daskwals model store at {store!r}")
@@ -170,13 +168,17 @@ class FactorStore:
         return self.shape[0 if _check_axis(axis) == "row" else 1]
 
     # ------------------------------------------------------------------ factors
-    def new_factor(self, axis):
-        """Create the next (not yet current) version of a factor; returns (name, array)."""
+    def new_factor(self, axis, tag=None):
+        """Create the next (not yet current) version of a factor; returns (name, array).
+
+        ``tag`` (a short string) is appended to the version name, which keeps names
+        unique when two writers read the same version counter at once.
+        """
         axis = _check_axis(axis)
         meta = self.meta
         version = meta["next_version"]
         self._update_meta(next_version=version + 1)
-        name = f"{axis}_factors/v{version:06d}"
+        name = f"{axis}_factors/v{version:06d}" + (f"-{tag}" if tag else "")
         array = self.group.create_array(
             name,
             shape=(self.length(axis), meta["n_components"]),
@@ -285,6 +287,15 @@ class FactorStore:
             f"<FactorStore {self.path!r} shape={tuple(meta['shape'])} "
             f"k={meta['n_components']} sweeps={meta['sweeps']}>"
         )
+
+
+def _normalise_path(store):
+    """Absolute local paths (workers may run elsewhere); URLs and store objects as given."""
+    if isinstance(store, os.PathLike):
+        store = os.fspath(store)
+    if isinstance(store, str) and "://" not in store:
+        store = os.path.abspath(os.path.expanduser(store))
+    return store
 
 
 def _try_open(store, mode="r"):
