@@ -78,6 +78,9 @@ class WALS:
         If ``store`` holds a model of the same shape, rank, chunking and
         hyper-parameters, continue it from its last completed sweep (each sweep is a
         checkpoint) up to ``n_iter`` iterations; otherwise start afresh there.
+    break_lock : bool, default False
+        Take over the store's single-writer lock even if another process seems to hold
+        it (a lock of a process that no longer runs on this host is taken over anyway).
     callback : callable or None
         Called as ``callback(model, iteration, loss)`` after every iteration.
 
@@ -115,6 +118,7 @@ class WALS:
         use_factors_weights_cache=True,
         use_gramian_cache=True,
         resume=False,
+        break_lock=False,
         callback=None,
     ):
         self.n_components = n_components
@@ -134,6 +138,7 @@ class WALS:
         self.use_factors_weights_cache = use_factors_weights_cache
         self.use_gramian_cache = use_gramian_cache
         self.resume = resume
+        self.break_lock = break_lock
         self.callback = callback
 
     # --------------------------------------------------------------- parameters
@@ -198,6 +203,8 @@ class WALS:
         }
         chunks = (ratings.chunks[0][0], ratings.chunks[1][0])
         store = None
+        if self.store is not None:
+            FactorStore.check_unlocked(self.store, break_lock=self.break_lock)
         if self.resume and self.store is not None:
             store = _open_for_resume(self.store, (n, m), chunks, dtype, params,
                                      seed_given=self.seed is not None)
@@ -221,6 +228,13 @@ class WALS:
         if ratings.in_memory:
             # send in-memory data to the workers once, not with every sweep's graph
             ratings = ratings.persist()
+        with store.writer(break_lock=self.break_lock):
+            self._run(store, ratings, n_iter, w0, lam, rw is None, seed)
+        self.row_factors_ = store.factor("row")
+        self.col_factors_ = store.factor("col")
+        return self
+
+    def _run(self, store, ratings, n_iter, w0, lam, als, seed):
         self.store_ = store
         self.seed_ = seed
         self.ratings_ = ratings
@@ -232,9 +246,9 @@ class WALS:
         t0 = time.perf_counter()
         for sweep in range(meta["sweeps"], 2 * n_iter):
             if sweep % 2 == 0:
-                self._sweep(store, ratings, "row", w0, lam, rw is None, final=False)
+                self._sweep(store, ratings, "row", w0, lam, als, final=False)
                 continue
-            result = self._sweep(store, ratings.T, "col", w0, lam, rw is None, final=True)
+            result = self._sweep(store, ratings.T, "col", w0, lam, als, final=True)
             loss = result["loss"]
             self.loss_history_.append(loss)
             self.n_iter_ = sweep // 2 + 1
@@ -245,9 +259,6 @@ class WALS:
             t0 = time.perf_counter()
             if self.callback is not None:
                 self.callback(self, self.n_iter_, loss)
-        self.row_factors_ = store.factor("row")
-        self.col_factors_ = store.factor("col")
-        return self
 
     def _sweep(self, store, ratings, axis, w0, lam, als, final):
         other = "col" if axis == "row" else "row"

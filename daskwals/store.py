@@ -20,20 +20,26 @@ the previous version current; its partial array is removed by the next sweep.
 from __future__ import annotations
 
 import atexit
+import contextlib
+import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
+import time
+import uuid
 
 import dask.array as da
 import numpy as np
 import zarr
 
-__all__ = ["FactorStore", "FORMAT_VERSION"]
+__all__ = ["FORMAT_VERSION", "FactorStore", "StoreLockedError"]
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+LOCK_NAME = "daskwals.lock"
 _ATTR = "daskwals"
 _AXES = {"row": "row", "col": "col"}
 
@@ -281,12 +287,111 @@ class FactorStore:
             return None
         return da.from_zarr(self.group[name])
 
+    # ------------------------------------------------------------------ writer lock
+    def _lock_path(self):
+        root = getattr(self.group.store, "root", None)
+        return None if root is None else os.path.join(str(root), self.group.path, LOCK_NAME)
+
+    @contextlib.contextmanager
+    def writer(self, *, break_lock=False):
+        """Hold the store's single-writer lock for the duration of a ``with`` block.
+
+        A second writer (another process or another fit) is refused with
+        :class:`StoreLockedError`; readers are never blocked. A lock left by a process
+        that no longer runs on this host is taken over with a warning; ``break_lock=True``
+        takes over any lock (use it only when the other writer is certainly gone). On
+        stores that are not local directories the lock is not enforced.
+        """
+        path = self._lock_path()
+        if path is None:
+            logger.warning("the single-writer lock is not enforced on %s", self.path)
+            yield self
+            return
+        token = _acquire(path, break_lock)
+        try:
+            yield self
+        finally:
+            _release(path, token)
+
+    @staticmethod
+    def check_unlocked(store, *, break_lock=False):
+        """Refuse (StoreLockedError) when a live writer holds the store at ``store``."""
+        store = _normalise_path(store)
+        if not isinstance(store, str) or "://" in store:
+            return
+        path = os.path.join(store, LOCK_NAME)
+        if os.path.exists(path) and not break_lock:
+            held = _read_lock(path)
+            if not _is_stale(held):
+                _acquire(path, False)  # raises with the holder's details
+
     def __repr__(self):
         meta = self.meta
         return (
             f"<FactorStore {self.path!r} shape={tuple(meta['shape'])} "
             f"k={meta['n_components']} sweeps={meta['sweeps']}>"
         )
+
+
+class StoreLockedError(RuntimeError):
+    """Another writer holds the model store."""
+
+
+def _lock_owner():
+    return {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time(),
+            "token": uuid.uuid4().hex}
+
+
+def _acquire(path, break_lock):
+    owner = _lock_owner()
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            held = _read_lock(path)
+            if break_lock or _is_stale(held):
+                logger.warning("taking over the lock of %s held by %s", path, held)
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
+                continue
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(held.get("since", 0)))
+            raise StoreLockedError(
+                f"the model store {os.path.dirname(path)!r} is being written by process "
+                f"{held.get('pid')} on {held.get('host')} since {since}. Wait for it to "
+                "finish, or, if that process is gone, pass break_lock=True (daskwals fit "
+                "--break-lock). Reading the store is always allowed."
+            ) from None
+        with os.fdopen(fd, "w") as f:
+            json.dump(owner, f)
+        return owner["token"]
+    raise StoreLockedError(f"could not take the lock {path!r}: another writer keeps taking it")
+
+
+def _read_lock(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def _is_stale(held):
+    """A lock whose process is known to be gone: same host, no such pid."""
+    if held.get("host") != socket.gethostname() or not isinstance(held.get("pid"), int):
+        return False
+    try:
+        os.kill(held["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _release(path, token):
+    if _read_lock(path).get("token") == token:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
 
 
 def _normalise_path(store):

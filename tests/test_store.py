@@ -104,3 +104,56 @@ def test_temporary_store_outlives_its_object():
     factor = store.factor("row")
     del store
     np.testing.assert_array_equal(np.asarray(factor), 4.0)
+
+
+HOLD_LOCK = """
+import sys, time
+from daskwals import FactorStore
+store = FactorStore.open(sys.argv[1])
+with store.writer():
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_single_writer_lock(tmp_path, small):
+    import subprocess
+    import sys
+
+    from daskwals import WALS
+    from daskwals.store import StoreLockedError
+
+    path = tmp_path / "m.zarr"
+    WALS(2, n_iter=1, seed=0, store=path).fit(small)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(path)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(StoreLockedError, match=rf"process {holder.pid} .*break_lock=True"):
+            WALS(2, n_iter=2, seed=0, store=path, resume=True).fit(small)
+        with pytest.raises(StoreLockedError):
+            WALS(2, n_iter=1, seed=0, store=path, overwrite=True).fit(small)
+        # readers are never blocked
+        reader = FactorStore.open(path, mode="r")
+        assert reader.meta["sweeps"] == 2 and np.asarray(reader.factor("row")).shape == (30, 2)
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is gone: its lock is stale and is taken over
+    model = WALS(2, n_iter=2, seed=0, store=path, resume=True).fit(small)
+    assert model.n_iter_ == 2
+    assert not (path / "daskwals.lock").exists()  # released after the fit
+
+
+def test_break_lock_takes_over_a_live_lock(tmp_path, small):
+    from daskwals import WALS
+
+    path = tmp_path / "m.zarr"
+    WALS(2, n_iter=1, seed=0, store=path).fit(small)
+    (path / "daskwals.lock").write_text('{"host": "elsewhere", "pid": 1, "token": "x"}')
+    from daskwals.store import StoreLockedError
+
+    with pytest.raises(StoreLockedError, match="on elsewhere"):
+        WALS(2, n_iter=2, seed=0, store=path, resume=True).fit(small)
+    model = WALS(2, n_iter=2, seed=0, store=path, resume=True, break_lock=True).fit(small)
+    assert model.n_iter_ == 2
