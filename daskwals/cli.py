@@ -11,6 +11,8 @@ import time
 
 import numpy as np
 
+from .store import StoreLockedError
+
 __all__ = ["main"]
 
 EPILOG_DEMO = """examples:
@@ -254,7 +256,8 @@ def cmd_fit(args):
             regularization=args.regularization, row_weights=weights,
             col_weights=None if args.als else 1.0, n_iter=args.iterations, seed=args.seed,
             dtype=args.dtype, store=args.store, overwrite=args.overwrite, resume=args.resume,
-            use_factors_weights_cache=not args.no_cache, callback=on_iteration,
+            use_factors_weights_cache=not args.no_cache, break_lock=args.break_lock,
+            callback=on_iteration,
         )
         model.fit(ratings)
         bar.close()
@@ -412,6 +415,8 @@ def build_parser():
     fitp.add_argument("--resume", action="store_true",
                       help="continue the model in STORE from its last completed sweep")
     fitp.add_argument("--overwrite", action="store_true", help="replace an existing model")
+    fitp.add_argument("--break-lock", action="store_true",
+                      help="take over the store's writer lock (only if its writer is gone)")
     fitp.add_argument("--threads", action="store_true",
                       help="use the threaded scheduler instead of a LocalCluster")
     _add_cluster_options(fitp)
@@ -442,7 +447,7 @@ def main(argv=None):
         return 2
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+    except (ValueError, FileNotFoundError, FileExistsError, StoreLockedError) as exc:
         print(f"daskwals {args.command}: error: {exc}", file=sys.stderr)
         return 1
 
