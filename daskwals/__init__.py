@@ -10,12 +10,14 @@ from __future__ import annotations
 from . import metrics, splits
 from ._blockops import SingularSystemError
 from .estimator import WALS
+from .estimator import open_model as open  # noqa: A001
 from .ratings import Ratings, as_ratings
+from .ratings_store import ingest, open_ratings, write_synthetic
 from .store import FactorStore
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "FactorStore", "Ratings", "SingularSystemError", "WALS", "__version__", "as_ratings",
-    "metrics", "splits",
+    "FactorStore", "Ratings", "SingularSystemError", "WALS", "__version__",
+    "as_ratings", "ingest", "metrics", "open", "open_ratings", "splits", "write_synthetic",
 ]

@@ -230,19 +230,66 @@ def _commit(store, updates, sweeps, loss):
     return store.commit(updates, sweeps=sweeps, loss=loss)
 
 
-def build_topk(users, items, n, exclude=None, split_every=None):
-    """Delayed ``(ids, scores)``: each user row's top ``n`` items over V's row blocks."""
-    from ._topk import block_topk, merge_topk
+# ------------------------------------------------------------------- projections
+def _project_task(blocks, factors, fixed_weights, n_rows, weights, base, w0, dtype, context):
+    pieces = [_gather_task(b, f, fw) for b, f, fw in zip(blocks, factors, fixed_weights)]
+    r = np.zeros(n_rows) if weights is None else weights
+    x, _, _ = solve_pieces(pieces, n_rows, r, base, w0, dtype=dtype, solve_empty=True,
+                           context=context)
+    return x
 
-    offsets = np.concatenate([[0], np.cumsum(items.chunks[0])])
-    parts = []
-    for j, block in enumerate(items.to_delayed()[:, 0]):
-        ex = None if exclude is None else exclude[:, offsets[j] : offsets[j + 1]]
-        parts.append(dask.delayed(block_topk, pure=True)(users, block, offsets[j], n, ex))
-    split_every = max(2, int(split_every or 8))
-    while len(parts) > 1:
-        parts = [
-            dask.delayed(merge_topk, pure=True)(n, *parts[i : i + split_every])
-            for i in range(0, len(parts), split_every)
-        ]
-    return parts[0]
+
+def build_projection(store, ratings, axis, *, weights, unobserved_weight, regularization,
+                     als=False):
+    """Lazy (q, k) array: the exact ``axis`` factor rows of new rows, other factor fixed.
+
+    ``ratings`` holds q new rows (users for axis='row') against all of the other axis,
+    chunked along it like the store; ``weights`` (q,) are their row weights (ignored in
+    ALS mode). Nothing is written to the store: this is fold-in (TF's projection).
+    """
+    other = "col" if axis == "row" else "row"
+    X = ratings.rows
+    if X.chunks[1][0] != store.chunk(other):
+        raise ValueError(
+            f"ratings column blocks ({X.chunks[1][0]}) must equal the store's {other} chunks "
+            f"({store.chunk(other)})"
+        )
+    fixed = store.factor(other)
+    fixed_blocks = [b[0] for b in fixed.to_delayed()]
+    fixed_w = [None] * len(fixed_blocks) if als else list(store.weights(other).to_delayed())
+    w0 = float(unobserved_weight)
+    base = _base_matrix(store.gramian(other), w0, float(regularization or 0.0))
+    context = {"axis": axis, "regularization": regularization, "unobserved_weight": w0}
+    blocks = X.to_delayed()
+    out, start = [], 0
+    for i in range(blocks.shape[0]):
+        size = X.chunks[0][i]
+        w = None if als else np.asarray(weights[start : start + size], dtype=np.float64)
+        task = dask.delayed(_project_task, pure=True)(
+            list(blocks[i]), fixed_blocks, fixed_w, size, w, base, w0, store.dtype, context
+        )
+        out.append(da.from_delayed(task, (size, store.n_components), dtype=store.dtype))
+        start += size
+    return da.concatenate(out)
+
+
+def _replace_rows_task(current, out, start, local, values):
+    block = np.array(current, copy=True)
+    block[local] = values
+    out[start : start + block.shape[0]] = block
+    x = block.astype(np.float64)
+    return x.T @ x
+
+
+def build_row_refresh(store, axis, positions, values, split_every=None):
+    """Delayed ``(axis, name, gramian)``: a new factor version with ``positions`` replaced."""
+    name, out = store.new_factor(axis)
+    chunk = store.chunk(axis)
+    current = store.factor(axis)
+    grams = []
+    for i, block in enumerate(current.to_delayed()[:, 0]):
+        start = i * chunk
+        sel = (positions >= start) & (positions < start + current.chunks[0][i])
+        grams.append(dask.delayed(_replace_rows_task, pure=False)(
+            block, out, start, positions[sel] - start, values[sel]))
+    return dask.delayed(tuple, pure=True)([axis, name, tree_sum(grams, split_every)])

@@ -10,9 +10,12 @@ import time
 import dask
 import dask.array as da
 import numpy as np
+import scipy.sparse
 
 from . import _graph
+from ._ids import IdMap
 from .ratings import as_ratings
+from .recommend import rows_csr, topk, topk_all_rows
 from .store import FactorStore
 
 __all__ = ["WALS"]
@@ -235,6 +238,12 @@ class WALS:
         return self
 
     def _run(self, store, ratings, n_iter, w0, lam, als, seed):
+        self.row_ids_ = ratings.row_ids
+        self.col_ids_ = ratings.col_ids
+        self.__dict__.pop("_idmaps", None)
+        if ratings.row_ids is not None and not store.meta["sweeps"]:
+            store.write_ids("row", ratings.row_ids)
+            store.write_ids("col", ratings.col_ids)
         self.store_ = store
         self.seed_ = seed
         self.ratings_ = ratings
@@ -280,41 +289,211 @@ class WALS:
         if not hasattr(self, "store_"):
             raise RuntimeError("this WALS model is not fitted yet; call fit(X) first")
 
-    def recommend(self, rows, N=10, *, filter_already_liked=True, batch_size=2048):
-        """The ``N`` best columns (items) for each of ``rows`` by score u_i · v_j.
+    # ----------------------------------------------------------- ids and queries
+    def _idmap(self, axis):
+        ids = self.row_ids_ if axis == "row" else self.col_ids_
+        if ids is None:
+            return None
+        cache = self.__dict__.setdefault("_idmaps", {})
+        if axis not in cache:
+            cache[axis] = IdMap(ids, "user" if axis == "row" else "item")
+        return cache[axis]
 
-        Computed per batch of rows as a top-k reduction over the column blocks of V, so
-        the rows × items score matrix is never formed. With ``filter_already_liked`` the
-        row's stored entries in the fitted ratings are excluded.
+    def _positions(self, axis, values, name):
+        """Positions of ``values``: original ids when the model has them, else indices."""
+        idmap = self._idmap(axis)
+        if idmap is not None:
+            return idmap.index(values)
+        values = np.atleast_1d(np.asarray(values))
+        n = self.store_.length(axis)
+        if values.ndim != 1 or (values.size and not np.issubdtype(values.dtype, np.integer)):
+            raise ValueError(f"{name} must be a 1-d sequence of indices in [0, {n}); got "
+                             f"{values!r}")
+        bad = values[(values < 0) | (values >= n)]
+        if bad.size:
+            raise ValueError(f"{name} must lie in [0, {n}); got {bad[0]}")
+        return values.astype(np.int64)
+
+    def _labels(self, axis, positions):
+        idmap = self._idmap(axis)
+        return positions if idmap is None else idmap.lookup(positions)
+
+    def _column_mask(self, filter_items, items):
+        m = self.store_.length("col")
+        if filter_items is None and items is None:
+            return None
+        allowed = np.ones(m, bool) if items is None else np.zeros(m, bool)
+        if items is not None:
+            allowed[self._positions("col", items, "items")] = True
+        if filter_items is not None:
+            allowed[self._positions("col", filter_items, "filter_items")] = False
+        return allowed
+
+    def recommend(self, rows, N=10, *, filter_already_liked=True, filter_items=None,
+                  items=None, batch_size=2048):
+        """The ``N`` best items for each of ``rows`` by score u_i · v_j.
+
+        Computed per batch of rows as a top-k reduction over the column blocks of V
+        (:mod:`daskwals.recommend`), so the rows × items score matrix is never formed.
+
+        Parameters
+        ----------
+        rows : sequence
+            Users: original ids when the model was fitted on ratings with ids (from
+            :func:`daskwals.ingest` / :func:`daskwals.open_ratings`), else row indices.
+        N : int
+            Items per user.
+        filter_already_liked : bool
+            Exclude each user's stored entries in the fitted ratings.
+        filter_items : sequence, optional
+            Items never to recommend.
+        items : sequence, optional
+            Recommend only among these items.
+        batch_size : int
+            Users per batch (memory: batch × item block scores).
 
         Returns
         -------
-        ids : ndarray of int64, (len(rows), N)
-            Column indices, best first (-1 where fewer than N columns are left).
-        scores : ndarray of float64, (len(rows), N)
+        ids : ndarray (len(rows), N)
+            Items, best first: original ids or indices like ``rows`` (-1 / None where
+            fewer than N items are left).
+        scores : ndarray of float64 (len(rows), N)
         """
         self._check_fitted()
-        rows = np.atleast_1d(np.asarray(rows))
-        n = self.store_.length("row")
-        if rows.ndim != 1 or (rows.size and not np.issubdtype(rows.dtype, np.integer)):
-            raise ValueError(f"rows must be a 1-d sequence of row indices; got {rows!r}")
-        bad = rows[(rows < 0) | (rows >= n)]
-        if bad.size:
-            raise ValueError(f"rows must lie in [0, {n}); got {bad[0]}")
+        positions = self._positions("row", rows, "rows")
         N = _check_int("N", N, 1)
+        allowed = self._column_mask(filter_items, items)
+        if filter_already_liked and self.ratings_ is None:
+            raise ValueError(
+                "filter_already_liked needs the ratings the model was fitted on, which this "
+                "model (opened from a store) does not have; pass filter_already_liked=False "
+                "or filter_items"
+            )
+        U = self.store_.factor_array("row")
         V = self.store_.factor("col")
         ids, scores = [], []
-        for start in range(0, rows.size, batch_size):
-            batch = rows[start : start + batch_size]
-            users = np.asarray(self.store_.factor_array("row").oindex[batch])
-            liked = _rows_csr(self.ratings_, batch) if filter_already_liked else None
-            part = _graph.build_topk(users, V, N, liked, self.split_every)
+        for start in range(0, positions.size, batch_size):
+            batch = positions[start : start + batch_size]
+            users = np.asarray(U.oindex[batch])
+            liked = rows_csr(self.ratings_, batch) if filter_already_liked else None
+            part = topk(users, V, N, exclude=liked, allowed=allowed,
+                        split_every=self.split_every)
             (result,) = dask.compute(part)
             ids.append(result[0])
             scores.append(result[1])
         if not ids:
             return np.empty((0, N), np.int64), np.empty((0, N))
-        return np.concatenate(ids), np.concatenate(scores)
+        return self._labels("col", np.concatenate(ids)), np.concatenate(scores)
+
+    def recommend_all(self, N=10, *, filter_already_liked=True, filter_items=None, items=None):
+        """Lazy top-``N`` item indices and scores for every row, as dask arrays (n, N).
+
+        One task per (row block, item block) pair, merged by a tree over item blocks;
+        with ``filter_already_liked`` each pair excludes its own ratings block. Returns
+        item *indices* (map them with ``col_ids_`` when the model has ids).
+        """
+        self._check_fitted()
+        N = _check_int("N", N, 1)
+        ratings = self.ratings_ if filter_already_liked else None
+        if filter_already_liked and ratings is None:
+            raise ValueError("filter_already_liked needs the fitted ratings; pass False")
+        return topk_all_rows(self.store_.factor("row"), self.store_.factor("col"), N,
+                             ratings=ratings, allowed=self._column_mask(filter_items, items),
+                             split_every=self.split_every)
+
+    def similar_items(self, items, N=10):
+        """The ``N`` items most similar to each of ``items`` (cosine of item factors).
+
+        Returns ``(ids, scores)`` like :meth:`recommend`; an item is not its own neighbour.
+        """
+        return self._similar("col", items, N, "items")
+
+    def similar_users(self, users, N=10):
+        """The ``N`` users most similar to each of ``users`` (cosine of user factors)."""
+        return self._similar("row", users, N, "users")
+
+    def _similar(self, axis, values, N, name):
+        self._check_fitted()
+        positions = self._positions(axis, values, name)
+        N = _check_int("N", N, 1)
+        factor = self.store_.factor(axis)
+        queries = np.asarray(self.store_.factor_array(axis).oindex[positions], np.float64)
+        norms = np.linalg.norm(queries, axis=1)
+        queries = queries / np.where(norms > 0, norms, 1.0)[:, None]
+        exclude = scipy.sparse.csr_matrix(
+            (np.ones(positions.size), (np.arange(positions.size), positions)),
+            shape=(positions.size, factor.shape[0]),
+        )
+        (result,) = dask.compute(topk(queries, factor, N, exclude=exclude, cosine=True,
+                                      split_every=self.split_every))
+        return self._labels(axis, result[0]), result[1]
+
+    # ------------------------------------------------------------ fold-in, refresh
+    def _new_rows(self, X, weights):
+        """X (q new rows × m) as Ratings chunked like the model's columns, and R for them."""
+        m = self.store_.length("col")
+        chunk = (self.store_.chunk("row"), self.store_.chunk("col"))
+        ratings = as_ratings(X, chunks=chunk)
+        if ratings.shape[1] != m:
+            raise ValueError(
+                f"X must have one column per item of the model ({m}); got shape {ratings.shape}"
+            )
+        if ratings.chunks[1][0] != chunk[1]:
+            ratings = as_ratings(ratings.rows.rechunk({1: chunk[1]}))
+        q = ratings.shape[0]
+        als = self.store_.meta["params"]["als"]
+        if weights is None:
+            weights = 1.0
+        w = None if als else _weight_vector("row_weights", weights, q)
+        return ratings, w, als
+
+    def transform(self, X, row_weights=None):
+        """Fold in new rows: their exact factors with V fixed, without changing the model.
+
+        ``X`` holds the new users' ratings (q × m, same items); ``row_weights`` (scalar
+        or q values, default 1) are their R_i (ignored in plain ALS mode). Returns a
+        lazy (q, k) dask array; rows without stored entries get zeros.
+        """
+        self._check_fitted()
+        params = self.store_.meta["params"]
+        ratings, w, als = self._new_rows(X, row_weights)
+        return _graph.build_projection(
+            self.store_, ratings, "row", weights=w, unobserved_weight=params["unobserved_weight"],
+            regularization=params["regularization"], als=als,
+        )
+
+    def partial_fit(self, X, rows, row_weights=None):
+        """Refresh the factors of existing ``rows`` from their ratings ``X``; returns self.
+
+        Each row of ``X`` must be the row's *full* history (all its stored entries), not
+        just new entries: the row is re-solved exactly with V fixed and written to the
+        store as a new committed version. V is not changed (refit for that).
+        """
+        self._check_fitted()
+        positions = self._positions("row", rows, "rows")
+        if np.unique(positions).size != positions.size:
+            raise ValueError("rows must not repeat")
+        values = np.asarray(self.transform(X, row_weights))
+        if values.shape[0] != positions.size:
+            raise ValueError(f"X has {values.shape[0]} rows for {positions.size} rows")
+        with self.store_.writer(break_lock=self.break_lock):
+            update = _graph.build_row_refresh(self.store_, "row", positions, values,
+                                              self.split_every)
+            (update,) = dask.compute(update)
+            self.store_.commit([update])
+        self.row_factors_ = self.store_.factor("row")
+        return self
+
+    def score(self, X):
+        """Negative RMSE of the predictions u_i · v_j on the stored entries of ``X``.
+
+        Higher is better (scikit-learn's convention); ``X`` holds held-out ratings of
+        the fitted rows and columns.
+        """
+        from .metrics import rmse
+
+        self._check_fitted()
+        return -rmse(self, X, split_every=self.split_every)
 
     def loss(self, X=None):
         """The full objective at the current factors (on ``X``, default the fitted ratings)."""
@@ -344,43 +523,6 @@ def _evaluate_loss(store, ratings, split_every=None):
     gu, gv = _graph.gramian(U, split_every), _graph.gramian(V, split_every)
     sums, gu, gv = dask.compute(sums, gu, gv)
     return _graph.full_loss(sums, gu, gv, w0, lam)
-
-
-def _rows_csr(ratings, rows):
-    """The stored entries of ``rows`` (global indices) as a scipy CSR, one row each."""
-    import scipy.sparse
-
-    chunk = ratings.chunks[0][0]
-    blocks = ratings.rows.to_delayed()
-    col_offsets = np.concatenate([[0], np.cumsum(ratings.chunks[1])])
-    unique, inverse = np.unique(rows, return_inverse=True)
-    parts = []
-    for b in np.unique(unique // chunk):
-        local = unique[unique // chunk == b] - b * chunk
-        parts.append(dask.delayed(_select_rows)(list(blocks[b]), local, col_offsets))
-    stacked = scipy.sparse.vstack(dask.compute(*parts), format="csr")
-    return stacked[inverse]
-
-
-def _select_rows(blocks, local_rows, col_offsets):
-    import scipy.sparse
-
-    from ._blockops import coo_parts
-
-    out_r, out_c = [], []
-    position = np.full(blocks[0].shape[0], -1, dtype=np.int64)
-    position[local_rows] = np.arange(len(local_rows))
-    for j, block in enumerate(blocks):
-        r, c, _ = coo_parts(block)
-        pos = position[r]
-        mask = pos >= 0
-        out_r.append(pos[mask])
-        out_c.append(c[mask] + col_offsets[j])
-    r = np.concatenate(out_r) if out_r else np.zeros(0, np.int64)
-    c = np.concatenate(out_c) if out_c else np.zeros(0, np.int64)
-    return scipy.sparse.csr_matrix(
-        (np.ones(r.size), (r, c)), shape=(len(local_rows), int(col_offsets[-1]))
-    )
 
 
 def _loss_task(blocks, x, factors, col_weights, row_weights):
@@ -520,3 +662,40 @@ def _short(value):
     if value is None or isinstance(value, numbers.Number):
         return repr(value)
     return f"<{type(value).__name__} of shape {np.shape(value)}>"
+
+
+def open_model(store, ratings=None):
+    """A fitted :class:`WALS` served from a model store, without refitting.
+
+    Parameters
+    ----------
+    store : str, path or zarr store
+        A store written by :meth:`WALS.fit` (or ``daskwals fit``).
+    ratings : optional
+        The ratings it was fitted on, for ``filter_already_liked`` and :meth:`WALS.loss`.
+
+    Everything else needed to serve — factors, weights, Gramians, id maps and
+    hyper-parameters — is in the store.
+    """
+    fs = FactorStore.open(store)
+    meta = fs.meta
+    if not (fs.has("row") and fs.has("col")):
+        raise ValueError(f"the store at {fs.path!r} holds no initialised model yet")
+    params = meta["params"]
+    model = WALS(
+        meta["n_components"], unobserved_weight=params["unobserved_weight"],
+        regularization=params["regularization"], n_iter=meta["iterations"],
+        seed=params.get("seed"), dtype=meta["dtype"], store=fs.path,
+        row_weights=None if params["als"] else 1, col_weights=None if params["als"] else 1,
+    )
+    model.store_ = fs
+    model.seed_ = params.get("seed")
+    model.ratings_ = None if ratings is None else as_ratings(
+        ratings, chunks=(meta["row_chunk"], meta["col_chunk"]))
+    model.row_ids_ = fs.ids("row")
+    model.col_ids_ = fs.ids("col")
+    model.loss_history_ = list(meta["loss_history"])
+    model.n_iter_ = meta["iterations"]
+    model.row_factors_ = fs.factor("row")
+    model.col_factors_ = fs.factor("col")
+    return model

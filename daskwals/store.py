@@ -280,6 +280,29 @@ class FactorStore:
         arr[...] = weights
         return arr
 
+    def write_ids(self, axis, ids):
+        """Store the original ids of the rows (axis='row') or columns; None removes them."""
+        name = f"{_check_axis(axis)}_ids"
+        if ids is None:
+            if name in self.group:
+                del self.group[name]
+            return
+        ids = np.asarray(ids)
+        numeric = ids.dtype.kind in "iu"
+        arr = self.group.create_array(
+            name, shape=ids.shape, chunks=(max(1, min(len(ids), 1_000_000)),),
+            dtype=np.int64 if numeric else str, overwrite=True, dimension_names=[axis],
+        )
+        arr[...] = ids.astype(np.int64) if numeric else ids.astype(str).astype(object)
+
+    def ids(self, axis):
+        """The original ids of the rows or columns (NumPy), or None."""
+        name = f"{_check_axis(axis)}_ids"
+        if name not in self.group:
+            return None
+        ids = self.group[name][...]
+        return ids if ids.dtype.kind in "iu" else ids.astype(object)
+
     def weights(self, axis):
         """R or C as a dask array chunked like the factor, or None in ALS mode."""
         name = f"{_check_axis(axis)}_weights"
