@@ -14,10 +14,11 @@ from .estimator import open_model as open  # noqa: A001
 from .ratings import Ratings, as_ratings
 from .ratings_store import ingest, open_ratings, write_synthetic
 from .store import FactorStore
+from .walsmodel import WALSModel
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "FactorStore", "Ratings", "SingularSystemError", "WALS", "__version__",
+    "FactorStore", "Ratings", "SingularSystemError", "WALS", "WALSModel", "__version__",
     "as_ratings", "ingest", "metrics", "open", "open_ratings", "splits", "write_synthetic",
 ]

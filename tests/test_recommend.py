@@ -125,7 +125,7 @@ def test_score_is_negative_rmse(fitted):
 
 
 def test_open_serves_with_original_ids(tmp_path):
-    users = np.array(["u%03d" % i for i in range(30)], dtype=object)[::-1].copy()
+    users = np.array([f"u{i:03d}" for i in range(30)], dtype=object)[::-1].copy()
     items = np.arange(100, 120)
     X = random_ratings(30, 20, 0.3, seed=5)
     coo = X.tocoo()
