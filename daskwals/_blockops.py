@@ -46,6 +46,15 @@ def coo_parts(block):
     return rows, cols, data
 
 
+def base_matrix(fixed_gram, w0, lam):
+    """W0·G + λI, the part of every row's normal equations shared by the sweep (λ None: 0)."""
+    k = fixed_gram.shape[0]
+    base = w0 * np.asarray(fixed_gram, dtype=np.float64)
+    if lam:
+        base = base + lam * np.eye(k)
+    return np.ascontiguousarray(base)
+
+
 def gather_piece(block, factor, col_weights, entry_weights=None):
     """Reduce one sparse ratings block to a :class:`Piece`.
 

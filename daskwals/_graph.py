@@ -13,7 +13,7 @@ import dask
 import dask.array as da
 import numpy as np
 
-from ._blockops import gather_piece, solve_pieces
+from ._blockops import base_matrix, gather_piece, solve_pieces
 
 # Rows per random-number stream: the random initialisation of a row depends only on
 # (seed, axis, row // SEED_BLOCK), never on the chunking.
@@ -142,14 +142,6 @@ def _gather_solve_task(blocks, factors, fixed_weights, *args):
     return _solve_task(pieces, *args)
 
 
-def _base_matrix(fixed_gram, w0, lam):
-    k = fixed_gram.shape[0]
-    base = w0 * np.asarray(fixed_gram, dtype=np.float64)
-    if lam:
-        base = base + lam * np.eye(k)
-    return np.ascontiguousarray(base)
-
-
 def build_sweep(
     store, ratings, axis, *, unobserved_weight, regularization, fixed_gram, split_every=None,
     als=False, final=False, cache_factors=True,
@@ -186,7 +178,7 @@ def build_sweep(
         own_w = list(store.weights(axis).to_delayed())
     w0 = float(unobserved_weight)
     lam = float(regularization or 0.0)
-    base = dask.delayed(_base_matrix, pure=True)(fixed_gram, w0, lam)
+    base = dask.delayed(base_matrix, pure=True)(fixed_gram, w0, lam)
     name, out = store.new_factor(axis)
     context = {"axis": axis, "regularization": regularization, "unobserved_weight": w0}
     blocks = X.to_delayed()
@@ -258,7 +250,7 @@ def build_projection(store, ratings, axis, *, weights, unobserved_weight, regula
     fixed_blocks = [b[0] for b in fixed.to_delayed()]
     fixed_w = [None] * len(fixed_blocks) if als else list(store.weights(other).to_delayed())
     w0 = float(unobserved_weight)
-    base = _base_matrix(store.gramian(other), w0, float(regularization or 0.0))
+    base = base_matrix(store.gramian(other), w0, float(regularization or 0.0))
     context = {"axis": axis, "regularization": regularization, "unobserved_weight": w0}
     blocks = X.to_delayed()
     out, start = [], 0

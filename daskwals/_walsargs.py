@@ -15,7 +15,12 @@ import os
 import dask.array as da
 import numpy as np
 
+from ._validation import check_int, dtype_name, nonneg, short  # noqa: F401 (re-exported)
 from .store import FactorStore
+
+
+def positive_int(name, value):
+    return check_int(name, value, 1)
 
 logger = logging.getLogger(__name__)
 
@@ -95,35 +100,6 @@ def chunk_pair(chunks):
     ):
         raise ValueError(f"chunks must be a positive int or a pair of them; got {chunks!r}")
     return tuple(int(c) for c in pair)
-
-
-def positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer; got {value!r}")
-    return int(value)
-
-
-def nonneg(name, value):
-    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
-            or not math.isfinite(value) or value < 0):
-        raise ValueError(f"{name} must be a finite number ≥ 0; got {value!r}")
-    return float(value)
-
-
-def dtype_name(dtype):
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        dt = None
-    if dt not in (np.dtype("float32"), np.dtype("float64")):
-        raise ValueError(f"dtype must be 'float32', 'float64' or None; got {dtype!r}")
-    return dt.name
-
-
-def short(value):
-    if value is None or isinstance(value, numbers.Number):
-        return repr(value)
-    return f"<{type(value).__name__} of length {len(value) if hasattr(value, '__len__') else '?'}>"
 
 
 def shard_weights(name, value, sizes):

@@ -20,7 +20,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from ._blockops import Piece, coo_parts, solve_pieces
+from ._blockops import Piece, base_matrix, coo_parts, solve_pieces  # noqa: F401 (base_matrix used by _walsgraph)
 
 logger = logging.getLogger(__name__)
 
@@ -175,15 +175,6 @@ def offsets(counts, expected):
 
 
 # ------------------------------------------------------------------ solving
-def base_matrix(fixed_gram, w0, lam):
-    """W0·G + λI (λ None: no term)."""
-    k = fixed_gram.shape[0]
-    base = w0 * np.asarray(fixed_gram, dtype=np.float64)
-    if lam:
-        base = base + lam * np.eye(k)
-    return np.ascontiguousarray(base)
-
-
 def read_gramian(store, ctx):
     """The fixed factor's Gramian as stored with its current version."""
     name = ctx["fixed_gram"]

@@ -14,6 +14,11 @@ import scipy.sparse
 
 from . import _graph
 from ._ids import IdMap
+from ._validation import check_int as _check_int
+from ._validation import dtype_name as _check_dtype
+from ._validation import nonneg as _check_nonneg
+from ._validation import short as _short
+from ._validation import weight_vector
 from .ratings import as_ratings
 from .recommend import rows_csr, topk, topk_all_rows
 from .store import FactorStore
@@ -444,7 +449,7 @@ class WALS:
         als = self.store_.meta["params"]["als"]
         if weights is None:
             weights = 1.0
-        w = None if als else _weight_vector("row_weights", weights, q)
+        w = None if als else weight_vector("row_weights", weights, q, "new row")
         return ratings, w, als
 
     def transform(self, X, row_weights=None):
@@ -585,29 +590,6 @@ def _check_same_weights(store, rw, cw):
 
 
 # ---------------------------------------------------------------- validation
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer ≥ {minimum}; got {value!r}")
-    return int(value)
-
-
-def _check_nonneg(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) \
-            or value < 0:
-        raise ValueError(f"{name} must be a finite number ≥ 0; got {value!r}")
-    return float(value)
-
-
-def _check_dtype(dtype):
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        dt = None
-    if dt not in (np.dtype("float32"), np.dtype("float64")):
-        raise ValueError(f"dtype must be 'float32' or 'float64'; got {dtype!r}")
-    return dt.name
-
-
 def _resolve_weights(row_weights, col_weights, n, m):
     if (row_weights is None) != (col_weights is None):
         raise ValueError(
@@ -617,30 +599,8 @@ def _resolve_weights(row_weights, col_weights, n, m):
         )
     if row_weights is None:
         return None, None
-    return _weight_vector("row_weights", row_weights, n), _weight_vector(
-        "col_weights", col_weights, m
-    )
-
-
-def _weight_vector(name, value, length):
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        vec = np.full(length, float(value))
-    else:
-        if isinstance(value, da.Array):
-            value = value.compute()
-        vec = np.asarray(value, dtype=np.float64).ravel()
-        if vec.shape != (length,):
-            raise ValueError(
-                f"{name} must be a scalar or have one value per {name[:3]} ({length}); got "
-                f"shape {np.shape(value)}"
-            )
-    bad = np.flatnonzero(~np.isfinite(vec) | (vec < 0))
-    if bad.size:
-        raise ValueError(
-            f"{name} must be finite and ≥ 0; {bad.size} values are not, the first is "
-            f"{vec[bad[0]]} at position {bad[0]}"
-        )
-    return vec
+    return (weight_vector("row_weights", row_weights, n, "row"),
+            weight_vector("col_weights", col_weights, m, "column"))
 
 
 def _check_init(name, init, length, k):
@@ -656,12 +616,6 @@ def _check_init(name, init, length, k):
     if not np.issubdtype(arr.dtype, np.number) or not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} must hold finite numbers")
     return np.asarray(arr, dtype=np.float64)
-
-
-def _short(value):
-    if value is None or isinstance(value, numbers.Number):
-        return repr(value)
-    return f"<{type(value).__name__} of shape {np.shape(value)}>"
 
 
 def open_model(store, ratings=None):

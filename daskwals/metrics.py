@@ -23,6 +23,7 @@ import numpy as np
 import scipy.sparse
 
 from . import _graph
+from ._validation import check_int
 from .estimator import WALS
 from .ratings import _sizes, as_ratings
 
@@ -426,14 +427,14 @@ def auc(
     train, test = _source(train, "train"), _source(test, "test")
     _check_shape(U, V, train.shape, "train")
     _check_shape(U, V, test.shape, "test")
-    batch_size = _positive_int("batch_size", batch_size)
+    batch_size = check_int("batch_size", batch_size)
     n, m = test.shape
     if users is None:
         users = np.flatnonzero(_row_counts(test) > 0)
     # sorted users: a batch then reads few row blocks of the ratings
     users = np.unique(_check_users(users, n))
     if item_block is not None:
-        sizes = _sizes(m, _positive_int("item_block", item_block))
+        sizes = _sizes(m, check_int("item_block", item_block))
     elif isinstance(V, da.Array):
         sizes = V.chunks[0]
     else:
@@ -506,7 +507,7 @@ def ranking_report(
     """
     if not isinstance(model, WALS):
         raise TypeError(f"ranking_report needs a fitted daskwals.WALS; got {type(model).__name__}")
-    K = _positive_int("K", K)
+    K = check_int("K", K)
     test = _source(test, "test")
     if users is None:
         users = np.flatnonzero(_row_counts(test) > 0)
@@ -521,7 +522,3 @@ def ranking_report(
     return report
 
 
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer; got {value!r}")
-    return int(value)

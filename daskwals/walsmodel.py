@@ -186,7 +186,7 @@ class WALSModel:
         elif isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
             raise ValueError(f"seed must be a non-negative integer or None; got {seed!r}")
         if dtype is not None:
-            dtype = _args.dtype_name(dtype)
+            dtype = _args.dtype_name(dtype, allow_none=True)
         if split_every is not None and (not isinstance(split_every, numbers.Integral)
                                         or split_every < 2):
             raise ValueError(f"split_every must be an integer ≥ 2 or None; got {split_every!r}")

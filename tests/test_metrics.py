@@ -277,7 +277,7 @@ def test_ranking_report_matches_the_metrics_on_recommendations(fitted):
 
 def test_ranking_report_validates_its_arguments(fitted):
     model, train, test = fitted
-    with pytest.raises(ValueError, match="K must be a positive integer"):
+    with pytest.raises(ValueError, match="K must be an integer ≥ 1"):
         metrics.ranking_report(model, train, test, K=0)
     with pytest.raises(TypeError, match="fitted daskwals.WALS"):
         metrics.ranking_report((np.ones((2, 2)), np.ones((2, 2))), train, test)

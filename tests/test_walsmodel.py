@@ -614,8 +614,8 @@ def test_scatter_update():
          r"col_init as a list of shards needs shapes \[\(4, 3\), \(3, 3\)\]"),
         (dict(row_init="zeros"), "row_init must be 'random'"),
         (dict(unobserved_weight=-1), "unobserved_weight must be a finite number ≥ 0"),
-        (dict(num_row_shards=0), "num_row_shards must be a positive integer"),
-        (dict(dtype="int8"), "dtype must be 'float32', 'float64'"),
+        (dict(num_row_shards=0), "num_row_shards must be an integer ≥ 1"),
+        (dict(dtype="int8"), "dtype must be 'float32' or 'float64'"),
         (dict(use_gramian_cache="yes"), "use_gramian_cache must be True or False"),
     ],
 )
