@@ -26,6 +26,7 @@ from . import _graph
 from ._validation import check_int
 from .estimator import WALS
 from .ratings import _sizes, as_ratings
+from .recommend import rows_csr
 
 __all__ = [
     "auc", "mae", "map_at_k", "ndcg_at_k", "precision_at_k", "ranking_report", "recall_at_k",
@@ -156,40 +157,9 @@ def _source(X, name):
         raise TypeError(f"{name}: {err}") from None
 
 
-def _select_rows(blocks, local_rows, col_starts, n_cols):
-    """Binary CSR of block-local rows ``local_rows`` (sorted unique) over all columns."""
-    position = np.full(blocks[0].shape[0], -1, dtype=np.int64)
-    position[local_rows] = np.arange(local_rows.size)
-    rs, cs = [], []
-    for block, start in zip(blocks, col_starts):
-        pos = position[np.asarray(block.coords[0], dtype=np.int64)]
-        keep = pos >= 0
-        rs.append(pos[keep])
-        cs.append(np.asarray(block.coords[1], dtype=np.int64)[keep] + start)
-    r, c = np.concatenate(rs), np.concatenate(cs)
-    return scipy.sparse.csr_matrix((np.ones(r.size), (r, c)), shape=(local_rows.size, n_cols))
-
-
 def _rows_csr(source, users):
     """Stored entries of rows ``users`` as a binary canonical CSR, one row per user."""
-    if scipy.sparse.issparse(source):
-        out = source[users]
-    else:
-        chunk = source.chunks[0][0]
-        col_starts = np.concatenate([[0], np.cumsum(source.chunks[1])[:-1]])
-        unique, inverse = np.unique(users, return_inverse=True)
-        blocks = source.rows.to_delayed()
-        parts = [
-            dask.delayed(_select_rows, pure=True)(
-                list(blocks[b]), unique[unique // chunk == b] - b * chunk, col_starts,
-                source.shape[1],
-            )
-            for b in np.unique(unique // chunk)
-        ]
-        stacked = scipy.sparse.vstack(dask.compute(*parts), format="csr") if parts else (
-            scipy.sparse.csr_matrix((0, source.shape[1]))
-        )
-        out = stacked[inverse]
+    out = source[users] if scipy.sparse.issparse(source) else rows_csr(source, users)
     out = scipy.sparse.csr_matrix(out)
     out.sum_duplicates()
     out.data = np.ones_like(out.data)
