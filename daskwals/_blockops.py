@@ -60,23 +60,49 @@ def gather_piece(block, factor, col_weights, entry_weights=None):
 
     ``factor`` holds the fixed factor's rows for the block's columns (its row count
     equals the block's column count); only the rows that stored entries touch are kept.
+    ``entry_weights`` is None, a sparse block with the same stored pattern, or a
+    function of the block's values returning one weight multiplier per entry.
     """
     rows, cols, data = coo_parts(block)
     used = np.zeros(factor.shape[0], dtype=bool)
     used[cols] = True
     keep = np.flatnonzero(used)
     remap = np.cumsum(used, dtype=np.int64) - 1
-    ew = None
-    if entry_weights is not None:
-        _, _, ew = coo_parts(entry_weights)
     return Piece(
         rows=rows,
         cols=remap[cols],
         data=data,
         vg=np.asarray(factor[keep], dtype=np.float64),
         cg=np.asarray(col_weights, dtype=np.float64)[keep],
-        ew=ew,
+        ew=None if entry_weights is None else _entry_weights(entry_weights, rows, cols, data),
     )
+
+
+def _entry_weights(spec, rows, cols, data):
+    """Per-entry weight multipliers aligned with (rows, cols), checked finite and ≥ 0."""
+    if callable(spec):
+        ew = np.asarray(spec(data.copy()), dtype=np.float64)
+        if ew.shape != data.shape:
+            raise ValueError(
+                f"entry_weights(values) must return one weight per value; got shape "
+                f"{ew.shape} for {data.shape[0]} values"
+            )
+    else:
+        r, c, ew = coo_parts(spec)
+        if r.shape != rows.shape or np.any(r != rows) or np.any(c != cols):
+            raise ValueError(
+                "entry_weights must store exactly the ratings' entries (the same pattern); "
+                f"a block has {r.size} weights for {rows.size} ratings. Build the weights "
+                "from the ratings' own coordinates, or pass a function of the values."
+            )
+    bad = np.flatnonzero(~np.isfinite(ew) | (ew < 0))
+    if bad.size:
+        raise ValueError(
+            f"entry_weights must be finite and ≥ 0; {bad.size} are not, the first is "
+            f"{ew[bad[0]]} (rating {data[bad[0]]}). Clip or transform them, e.g. "
+            "lambda r: alpha * np.log1p(r)."
+        )
+    return ew
 
 
 def stack_pieces(pieces, n_rows):

@@ -122,9 +122,9 @@ def build_init(store, axis, *, seed, values=None, split_every=None):
 
 
 # ------------------------------------------------------------------------ sweeps
-def _gather_task(block, factor, fixed_weights):
+def _gather_task(block, factor, fixed_weights, entry_weights=None):
     cw = np.ones(factor.shape[0]) if fixed_weights is None else fixed_weights
-    return gather_piece(block, factor, cw)
+    return gather_piece(block, factor, cw, entry_weights)
 
 
 def _solve_task(pieces, n_rows, weights, base, out, start, w0, dtype, solve_empty, context):
@@ -137,14 +137,28 @@ def _solve_task(pieces, n_rows, weights, base, out, start, w0, dtype, solve_empt
     return sums, gram
 
 
-def _gather_solve_task(blocks, factors, fixed_weights, *args):
-    pieces = [_gather_task(b, f, fw) for b, f, fw in zip(blocks, factors, fixed_weights)]
+def _gather_solve_task(blocks, factors, fixed_weights, entry_weights, *args):
+    pieces = [_gather_task(b, f, fw, ew)
+              for b, f, fw, ew in zip(blocks, factors, fixed_weights, entry_weights)]
     return _solve_task(pieces, *args)
+
+
+def _entry_weight_blocks(entry_weights, shape):
+    """Per-block entry-weight specs: a function for every block, or the weights' blocks."""
+    if entry_weights is None or callable(entry_weights):
+        return np.full(shape, entry_weights, dtype=object)
+    blocks = entry_weights.rows.to_delayed()
+    if blocks.shape != shape:
+        raise ValueError(
+            f"entry_weights are chunked in {blocks.shape} blocks, the ratings in {shape}; "
+            "give them the ratings' chunking"
+        )
+    return blocks
 
 
 def build_sweep(
     store, ratings, axis, *, unobserved_weight, regularization, fixed_gram, split_every=None,
-    als=False, final=False, cache_factors=True,
+    als=False, final=False, cache_factors=True, entry_weights=None,
 ):
     """Delayed ``{"update": (axis, name, gramian), "sums": ..., "loss": ...}``: a full sweep.
 
@@ -153,6 +167,8 @@ def build_sweep(
     are the rows being solved (pass ``ratings.T`` for the column sweep). ``fixed_gram``
     is the other factor's Gramian, a NumPy array or a lazy dask/delayed value. When
     ``final`` is true the full objective at the new values is evaluated too.
+    ``entry_weights`` (a function of the values, or a Ratings with the same pattern and
+    orientation as ``ratings``) multiplies R_i C_j entry by entry.
 
     With ``cache_factors`` every row-block task receives the whole fixed factor (its
     chunks are read from zarr once per sweep and kept in worker memory). Without it,
@@ -182,17 +198,19 @@ def build_sweep(
     name, out = store.new_factor(axis)
     context = {"axis": axis, "regularization": regularization, "unobserved_weight": w0}
     blocks = X.to_delayed()
+    ew_blocks = _entry_weight_blocks(entry_weights, blocks.shape)
     results = []
     for i in range(blocks.shape[0]):
         start = i * store.chunk(axis)
         args = (X.chunks[0][i], own_w[i], base, out, start, w0, store.dtype, True, context)
         if cache_factors:
             task = dask.delayed(_gather_solve_task, pure=False)(
-                list(blocks[i]), fixed_blocks, fixed_w, *args
+                list(blocks[i]), fixed_blocks, fixed_w, list(ew_blocks[i]), *args
             )
         else:
             pieces = [
-                dask.delayed(_gather_task, pure=True)(blocks[i][j], fixed_blocks[j], fixed_w[j])
+                dask.delayed(_gather_task, pure=True)(blocks[i][j], fixed_blocks[j], fixed_w[j],
+                                                      ew_blocks[i][j])
                 for j in range(blocks.shape[1])
             ]
             task = dask.delayed(_solve_task, pure=False)(pieces, *args)
@@ -223,8 +241,10 @@ def _commit(store, updates, sweeps, loss):
 
 
 # ------------------------------------------------------------------- projections
-def _project_task(blocks, factors, fixed_weights, n_rows, weights, base, w0, dtype, context):
-    pieces = [_gather_task(b, f, fw) for b, f, fw in zip(blocks, factors, fixed_weights)]
+def _project_task(blocks, factors, fixed_weights, n_rows, weights, base, w0, dtype, context,
+                  entry_weights=None):
+    pieces = [_gather_task(b, f, fw, entry_weights)
+              for b, f, fw in zip(blocks, factors, fixed_weights)]
     r = np.zeros(n_rows) if weights is None else weights
     x, _, _ = solve_pieces(pieces, n_rows, r, base, w0, dtype=dtype, solve_empty=True,
                            context=context)
@@ -232,7 +252,7 @@ def _project_task(blocks, factors, fixed_weights, n_rows, weights, base, w0, dty
 
 
 def build_projection(store, ratings, axis, *, weights, unobserved_weight, regularization,
-                     als=False):
+                     als=False, entry_weights=None):
     """Lazy (q, k) array: the exact ``axis`` factor rows of new rows, other factor fixed.
 
     ``ratings`` holds q new rows (users for axis='row') against all of the other axis,
@@ -258,7 +278,8 @@ def build_projection(store, ratings, axis, *, weights, unobserved_weight, regula
         size = X.chunks[0][i]
         w = None if als else np.asarray(weights[start : start + size], dtype=np.float64)
         task = dask.delayed(_project_task, pure=True)(
-            list(blocks[i]), fixed_blocks, fixed_w, size, w, base, w0, store.dtype, context
+            list(blocks[i]), fixed_blocks, fixed_w, size, w, base, w0, store.dtype, context,
+            entry_weights if callable(entry_weights) else None,
         )
         out.append(da.from_delayed(task, (size, store.n_components), dtype=store.dtype))
         start += size

@@ -73,6 +73,12 @@ class WALS:
         whose chunking is kept). Factor chunks equal these blocks.
     split_every : int or None
         Fan-in of the tree reductions (Gramians, loss sums).
+    entry_weights : callable, sparse matrix or None
+        Per-entry multipliers e_ij of the stored entries' extra weight, so that
+        W_ij = W0 + R_i C_j e_ij: a function of the values (``lambda r: alpha * r`` gives
+        implicit's confidence model with ``unobserved_weight=1``, weights 1), or a matrix
+        with exactly the ratings' stored pattern (same chunking for dask input). Weights
+        must be finite and ≥ 0; they are checked block by block as the sweeps read them.
     use_factors_weights_cache : bool, default True
         True: each row-block task receives the whole fixed factor and its weights (read
         once per sweep, kept in worker memory). False: stream — no task holds a whole
@@ -123,6 +129,7 @@ class WALS:
         overwrite=False,
         chunks="auto",
         split_every=None,
+        entry_weights=None,
         use_factors_weights_cache=True,
         use_gramian_cache=True,
         resume=False,
@@ -143,6 +150,7 @@ class WALS:
         self.overwrite = overwrite
         self.chunks = chunks
         self.split_every = split_every
+        self.entry_weights = entry_weights
         self.use_factors_weights_cache = use_factors_weights_cache
         self.use_gramian_cache = use_gramian_cache
         self.resume = resume
@@ -205,9 +213,23 @@ class WALS:
             seed = int(np.random.SeedSequence().entropy % (2**63))
         seed = _check_int("seed", seed, 0)
 
+        ew = self.entry_weights
+        if ew is not None and not callable(ew):
+            ew = as_ratings(ew, chunks=ratings.chunks)
+            if ew.shape != ratings.shape or ew.chunks != ratings.chunks:
+                raise ValueError(
+                    f"entry_weights must have the ratings' shape {ratings.shape} and chunks; got "
+                    f"shape {ew.shape}"
+                )
+        if ew is not None and rw is None:
+            raise ValueError(
+                "entry_weights need row_weights and col_weights (they multiply R_i C_j); in "
+                "plain ALS mode there is no stored-entry weight. Set row_weights=1, col_weights=1."
+            )
         params = {
             "n_components": k, "unobserved_weight": w0, "regularization": lam,
             "als": rw is None, "seed": seed,
+            "entry_weights": None if ew is None else ("function" if callable(ew) else "matrix"),
         }
         chunks = (ratings.chunks[0][0], ratings.chunks[1][0])
         store = None
@@ -236,6 +258,9 @@ class WALS:
         if ratings.in_memory:
             # send in-memory data to the workers once, not with every sweep's graph
             ratings = ratings.persist()
+        if ew is not None and not callable(ew) and ew.in_memory:
+            ew = ew.persist()
+        self.entry_weights_ = ew
         with store.writer(break_lock=self.break_lock):
             self._run(store, ratings, n_iter, w0, lam, rw is None, seed)
         self.row_factors_ = store.factor("row")
@@ -280,10 +305,13 @@ class WALS:
             fixed_gram = store.gramian(other)
         else:
             fixed_gram = _graph.gramian(store.factor(other), self.split_every)
+        ew = self.entry_weights_
+        if ew is not None and not callable(ew) and axis == "col":
+            ew = ew.T
         sweep = _graph.build_sweep(
             store, ratings, axis, unobserved_weight=w0, regularization=lam,
             fixed_gram=fixed_gram, split_every=self.split_every, als=als, final=final,
-            cache_factors=self.use_factors_weights_cache,
+            cache_factors=self.use_factors_weights_cache, entry_weights=ew,
         )
         (result,) = dask.compute(sweep)
         store.commit([result["update"]], sweeps=1, loss=result["loss"])
@@ -462,9 +490,15 @@ class WALS:
         self._check_fitted()
         params = self.store_.meta["params"]
         ratings, w, als = self._new_rows(X, row_weights)
+        ew = getattr(self, "entry_weights_", None)
+        if ew is not None and not callable(ew):
+            raise ValueError(
+                "transform cannot weight new rows' entries with a fixed entry_weights matrix; "
+                "fit with a function of the values (entry_weights=lambda r: ...) to fold in"
+            )
         return _graph.build_projection(
             self.store_, ratings, "row", weights=w, unobserved_weight=params["unobserved_weight"],
-            regularization=params["regularization"], als=als,
+            regularization=params["regularization"], als=als, entry_weights=ew,
         )
 
     def partial_fit(self, X, rows, row_weights=None):
@@ -504,10 +538,13 @@ class WALS:
         """The full objective at the current factors (on ``X``, default the fitted ratings)."""
         self._check_fitted()
         ratings = self.ratings_ if X is None else as_ratings(X, chunks=self.ratings_.chunks)
-        return _evaluate_loss(self.store_, ratings, self.split_every)
+        ew = getattr(self, "entry_weights_", None)
+        if X is not None and ew is not None and not callable(ew):
+            raise ValueError("loss(X) with a fixed entry_weights matrix: pass X=None")
+        return _evaluate_loss(self.store_, ratings, self.split_every, ew)
 
 
-def _evaluate_loss(store, ratings, split_every=None):
+def _evaluate_loss(store, ratings, split_every=None, entry_weights=None):
     """The full objective of the store's current factors on ``ratings``, never forming UVᵀ."""
     params = store.meta["params"]
     w0 = params["unobserved_weight"]
@@ -519,9 +556,10 @@ def _evaluate_loss(store, ratings, split_every=None):
     u_blocks = [b[0] for b in U.to_delayed()]
     cw_blocks = [None] * len(v_blocks) if cw is None else list(cw.to_delayed())
     rw_blocks = [None] * len(u_blocks) if rw is None else list(rw.to_delayed())
+    ew_blocks = _graph._entry_weight_blocks(entry_weights, blocks.shape)
     parts = [
         dask.delayed(_loss_task, pure=True)(list(blocks[i]), u_blocks[i], v_blocks, cw_blocks,
-                                            rw_blocks[i])
+                                            rw_blocks[i], list(ew_blocks[i]))
         for i in range(blocks.shape[0])
     ]
     sums = _graph.tree_sum(parts, split_every)
@@ -530,12 +568,12 @@ def _evaluate_loss(store, ratings, split_every=None):
     return _graph.full_loss(sums, gu, gv, w0, lam)
 
 
-def _loss_task(blocks, x, factors, col_weights, row_weights):
+def _loss_task(blocks, x, factors, col_weights, row_weights, entry_weights):
     from . import _blockops, _kernels
 
     pieces = [
-        _blockops.gather_piece(b, f, np.ones(f.shape[0]) if c is None else c)
-        for b, f, c in zip(blocks, factors, col_weights)
+        _blockops.gather_piece(b, f, np.ones(f.shape[0]) if c is None else c, e)
+        for b, f, c, e in zip(blocks, factors, col_weights, entry_weights)
     ]
     n_rows = x.shape[0]
     indptr, indices, data, ew, cg, vg = _blockops.stack_pieces(pieces, n_rows)

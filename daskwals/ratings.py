@@ -305,6 +305,8 @@ def _resolve_chunks(chunks, shape, nnz):
         raise ValueError(f"chunks must be 'auto', an int or a pair; got {chunks!r}")
     out = []
     for c, size in zip(chunks, shape):
+        if isinstance(c, tuple) and c and _is_regular(c):
+            c = c[0]  # a regular dask chunking, e.g. another array's .chunks
         if c == "auto" or c is None:
             blocks = max(2, math.ceil(nnz / TARGET_BLOCK_NNZ))
             c = math.ceil(size / min(blocks, size))

@@ -253,3 +253,54 @@ def test_non_finite_factors_stop_the_fit_and_keep_the_last_sweep(tmp_path):
     store = FactorStore.open(tmp_path / "m.zarr")
     assert store.meta["sweeps"] == 2
     np.testing.assert_array_equal(np.asarray(store.factor("row")), before)
+
+
+def _entry_oracle(X, E, U0, V0, w0, lam, n_iter, R=1.0, C=1.0):
+    A, mask = dense_and_mask(X)
+    r = np.broadcast_to(np.asarray(R, float), (A.shape[0],))
+    c = np.broadcast_to(np.asarray(C, float), (A.shape[1],))
+    W = w0 + np.outer(r, c) * E * mask
+    U, V = U0, V0
+    hist = []
+    for _ in range(n_iter):
+        U = oracle.solve_rows(A, W, V, lam)
+        V = oracle.solve_rows(A.T, W.T, U, lam)
+        hist.append(oracle.loss(A, W, U, V, lam))
+    return U, V, hist
+
+
+@pytest.mark.parametrize("cache", [True, False])
+@pytest.mark.parametrize("form", ["function", "matrix"])
+def test_entry_weights_match_the_oracle(small, form, cache):
+    n, m = small.shape
+    U0, V0 = inits(n, m)
+    alpha = 2.5
+    if form == "function":
+        ew = lambda r: alpha * np.log1p(r)  # noqa: E731
+    else:
+        ew = small.copy()
+        ew.data = alpha * np.log1p(ew.data)
+    R = np.random.default_rng(0).random(n)
+    model = fit(small, entry_weights=ew, row_weights=R, col_weights=0.5, unobserved_weight=0.2,
+                regularization=0.1, row_init=U0, col_init=V0, chunks=(8, 6),
+                use_factors_weights_cache=cache)
+    E = alpha * np.log1p(small.toarray())
+    U, V, hist = _entry_oracle(small, E, U0, V0, 0.2, 0.1, 3, R=R, C=0.5)
+    np.testing.assert_allclose(np.asarray(model.row_factors_), U, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(np.asarray(model.col_factors_), V, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(model.loss_history_, hist, rtol=1e-9)
+    assert model.loss() == pytest.approx(hist[-1], rel=1e-9)
+
+
+def test_entry_weights_refusals(small):
+    with pytest.raises(ValueError, match=r"entry_weights must be finite and ≥ 0.*first is -1"):
+        fit(small, entry_weights=lambda r: r - 2.0)
+    other = small.copy()
+    other.data[:] = 1.0
+    other = other[:, ::-1].tocsr()
+    with pytest.raises(ValueError, match="same pattern"):
+        fit(small, entry_weights=other)
+    with pytest.raises(ValueError, match="plain ALS"):
+        fit(small, entry_weights=lambda r: r, row_weights=None, col_weights=None)
+    with pytest.raises(ValueError, match="return one weight per value"):
+        fit(small, entry_weights=lambda r: r[:1])

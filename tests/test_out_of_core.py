@@ -42,9 +42,9 @@ def test_factor_chunks_read_once_per_sweep_and_streaming_tasks_get_one_chunk(mon
     whole_factor_calls = []
     original_gather = _graph._gather_task
 
-    def gather(block, factor, fixed_weights):
+    def gather(block, factor, fixed_weights, entry_weights=None):
         factor_rows.append(factor.shape[0])
-        return original_gather(block, factor, fixed_weights)
+        return original_gather(block, factor, fixed_weights, entry_weights)
 
     monkeypatch.setattr(_graph, "_gather_task", gather)
     monkeypatch.setattr(_graph, "_gather_solve_task",
@@ -78,9 +78,10 @@ def _cached(args, gather, calls):
     from daskwals import _graph
 
     calls.append(1)
-    blocks, factors, fixed_weights, *rest = args
+    blocks, factors, fixed_weights, entry_weights, *rest = args
     assert len(factors) == len(blocks)
-    pieces = [gather(b, f, fw) for b, f, fw in zip(blocks, factors, fixed_weights)]
+    pieces = [gather(b, f, fw, ew)
+              for b, f, fw, ew in zip(blocks, factors, fixed_weights, entry_weights)]
     return _graph._solve_task(pieces, *rest)
 
 
