@@ -19,6 +19,7 @@ from ._validation import dtype_name as _check_dtype
 from ._validation import nonneg as _check_nonneg
 from ._validation import short as _short
 from ._validation import weight_vector
+from .cluster import check_store_reachable
 from .ratings import as_ratings
 from .recommend import rows_csr, topk, topk_all_rows
 from .store import FactorStore
@@ -234,6 +235,7 @@ class WALS:
         chunks = (ratings.chunks[0][0], ratings.chunks[1][0])
         store = None
         if self.store is not None:
+            check_store_reachable(self.store)
             FactorStore.check_unlocked(self.store, break_lock=self.break_lock)
         if self.resume and self.store is not None:
             store = _open_for_resume(self.store, (n, m), chunks, dtype, params,
@@ -255,6 +257,8 @@ class WALS:
                 for axis, init in (("row", row_init), ("col", col_init))
             ]
             dask.compute(_graph.build_commit(store, inits))
+        if self.store is None:
+            check_store_reachable(store.path)  # a temporary directory is local to the client
         if ratings.in_memory:
             # send in-memory data to the workers once, not with every sweep's graph
             ratings = ratings.persist()
@@ -394,8 +398,15 @@ class WALS:
         """
         self._check_fitted()
         positions = self._positions("row", rows, "rows")
+        ids, scores = self._recommend_indices(
+            positions, N, filter_already_liked, self._column_mask(filter_items, items),
+            batch_size)
+        return self._labels("col", ids), scores
+
+    def _recommend_indices(self, positions, N, filter_already_liked, allowed=None,
+                           batch_size=2048):
+        """:meth:`recommend` on row positions, returning column positions."""
         N = _check_int("N", N, 1)
-        allowed = self._column_mask(filter_items, items)
         if filter_already_liked and self.ratings_ is None:
             raise ValueError(
                 "filter_already_liked needs the ratings the model was fitted on, which this "
@@ -416,7 +427,7 @@ class WALS:
             scores.append(result[1])
         if not ids:
             return np.empty((0, N), np.int64), np.empty((0, N))
-        return self._labels("col", np.concatenate(ids)), np.concatenate(scores)
+        return np.concatenate(ids), np.concatenate(scores)
 
     def recommend_all(self, N=10, *, filter_already_liked=True, filter_items=None, items=None):
         """Lazy top-``N`` item indices and scores for every row, as dask arrays (n, N).

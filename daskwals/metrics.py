@@ -446,9 +446,10 @@ def ranking_report(
 ) -> dict:
     """All ranking metrics of a fitted WALS model on held-out interactions.
 
-    Recommends with ``model.recommend(users, N=K, filter_already_liked=True)``, which
-    filters the ratings the model was fitted on, so ``train`` should be those ratings
-    (it is used for AUC's negatives; None takes them from the model).
+    Recommends like ``model.recommend(users, N=K, filter_already_liked=True)`` but on
+    row and column *positions* (whatever original ids the model has), filtering the
+    ratings the model was fitted on, so ``train`` should be those ratings (it is used
+    for AUC's negatives; None takes them from the model).
 
     Parameters
     ----------
@@ -482,7 +483,10 @@ def ranking_report(
     if users is None:
         users = np.flatnonzero(_row_counts(test) > 0)
     users = np.unique(_check_users(users, test.shape[0]))
-    ids, _ = model.recommend(users, N=K, filter_already_liked=True, batch_size=batch_size)
+    # positions in, positions out: the model may have original ids, the metrics work on
+    # positions of the train and test matrices
+    ids, _ = model._recommend_indices(np.asarray(users, dtype=np.int64), K, True,
+                                      batch_size=batch_size)
     relevant = _rows_csr(test, users)
     hits, n_rel = _hits(ids, relevant, K, None)
     report = {"k": K, "n_users": int((n_rel > 0).sum())}

@@ -151,3 +151,21 @@ def test_open_serves_with_original_ids(tmp_path):
     assert 105 not in sim[0] and set(sim[0]) <= set(items.tolist())
     with pytest.raises(ValueError, match="filter_already_liked"):
         served.recommend(["u000"])
+
+
+def test_ranking_report_works_on_positions_for_models_with_ids():
+    from daskwals.metrics import ranking_report
+
+    X = random_ratings(40, 25, 0.3, seed=12)
+    test = random_ratings(40, 25, 0.05, seed=13)
+    test = test - test.multiply(X != 0)  # disjoint from the training entries
+    test.eliminate_zeros()
+    coo = X.tocoo()
+    with_ids = Ratings.from_coo(coo.row, coo.col, coo.data, X.shape, chunks=(10, 10),
+                                row_ids=np.arange(40)[::-1] + 1000,
+                                col_ids=np.array([f"i{j}" for j in range(25)], dtype=object))
+    a = WALS(3, n_iter=2, seed=0, chunks=(10, 10)).fit(with_ids)
+    b = WALS(3, n_iter=2, seed=0, chunks=(10, 10)).fit(X)
+    ra, rb = ranking_report(a, X, test, K=5), ranking_report(b, X, test, K=5)
+    assert ra == pytest.approx(rb)
+    assert ra["n_users"] > 0
