@@ -52,6 +52,7 @@ import sparse
 
 from . import _ratings_format as fmt
 from ._synthetic_blocks import PlantedBlocks
+from .cluster import check_store_reachable
 from .ratings import Ratings, _resolve_chunks, _sizes
 
 __all__ = ["ingest", "open_ratings", "read_block", "read_metadata", "write_synthetic"]
@@ -214,6 +215,7 @@ def ingest(
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise ValueError(f"dtype must be 'float32' or 'float64'; got {dtype}")
+    check_store_reachable(store_path)  # workers write spill files into the new store
     cols = passes.Columns(user_col, item_col, rating_col, weight_col, timestamp_col)
     reader = _SourceReader(source, cols, sep, blocksize, file_format, read_kwargs)
     ddf = reader.frame()
