@@ -29,9 +29,11 @@ class IdMap:
         ok = self._sorted[pos] == values if found else np.zeros(values.shape, bool)
         if not np.all(ok):
             missing = values[~ok]
+            first = missing[0].item() if hasattr(missing[0], "item") else missing[0]
             raise KeyError(
                 f"{missing.size} {self.what} ids are not in the model; the first is "
-                f"{missing[0]!r}. Fold new {self.what}s in with transform() first."
+                f"{first!r}. Check the ids, or fold new {self.what}s in with "
+                "WALS.transform first."
             )
         return self._order[pos].astype(np.int64)
 
