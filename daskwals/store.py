@@ -115,18 +115,29 @@ class FactorStore:
 
     @classmethod
     def open(cls, store, mode="r+"):
-        """Open an existing model store (``mode="r"`` for read only)."""
+        """Open an existing model store (``mode="r"`` for read only).
+
+        Raises FileNotFoundError where there is no model, and ValueError for a store
+        of a newer format or a damaged one: unreadable metadata, a current array that is
+        missing or has the wrong shape, or a truncated chunk file.
+        """
         store = _normalise_path(store)
-        group = _try_open(store, mode)
+        try:
+            group = _try_open(store, mode)
+        except (ValueError, TypeError, KeyError) as err:  # unparsable zarr.json
+            raise _damaged(store, f"its group metadata cannot be read ({err!r})") from err
+        if group is None and _looks_like_a_model(store):
+            raise _damaged(store, "its group metadata (zarr.json) is missing or invalid")
         if group is None or _ATTR not in group.attrs:
             raise FileNotFoundError(f"no daskwals model store at {store!r}")
         meta = group.attrs[_ATTR]
-        version = meta.get("format_version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
+        version = meta.get("format_version") if isinstance(meta, dict) else None
+        if isinstance(version, int) and version > FORMAT_VERSION:
             raise ValueError(
                 f"the store at {store!r} has format version {version!r}, newer than this "
                 f"daskwals supports ({FORMAT_VERSION}); upgrade daskwals to read it"
             )
+        _check_intact(store, group, meta)
         return cls(group)
 
     # ------------------------------------------------------------------ metadata
@@ -424,6 +435,79 @@ def _normalise_path(store):
     if isinstance(store, str) and "://" not in store:
         store = os.path.abspath(os.path.expanduser(store))
     return store
+
+
+# ------------------------------------------------------------- damaged stores
+_META_TYPES = {
+    "format_version": int, "shape": list, "n_components": int, "dtype": str, "row_chunk": int,
+    "col_chunk": int, "params": dict, "sweeps": int, "iterations": int, "loss_history": list,
+    "current": dict, "next_version": int,
+}
+
+
+def _damaged(store, what):
+    return ValueError(
+        f"the model store at {store!r} is damaged: {what}. Restore it from a copy, or pass "
+        "overwrite=True (and resume=False) to fit a new model there, which replaces it."
+    )
+
+
+def _looks_like_a_model(store):
+    """A local directory holding a model's factor arrays, whatever its zarr.json says."""
+    if not isinstance(store, str) or "://" in store:
+        return False
+    return any(os.path.isdir(os.path.join(store, name)) for name in ("row_factors", "col_factors"))
+
+
+def _check_intact(store, group, meta):
+    """Cheap checks (metadata and file sizes; no chunk is read) that the model is readable."""
+    if not isinstance(meta, dict):
+        raise _damaged(store, f"its {_ATTR!r} attribute is {type(meta).__name__}, not a dict")
+    for key, kind in _META_TYPES.items():
+        if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
+            raise _damaged(store, f"its metadata entry {key!r} is {meta.get(key)!r}")
+    k = meta["n_components"]
+    lengths = dict(zip(("row", "col"), meta["shape"]))
+    for label, name in meta["current"].items():
+        axis, _, kind = str(label).partition("_")
+        try:
+            array = group[name]
+        except (KeyError, ValueError, TypeError) as err:
+            raise _damaged(store, f"the current {label} {name!r} cannot be opened ({err!r})") from err
+        if kind == "factors":
+            want = ((lengths.get(axis), k), (meta.get(f"{axis}_chunk"), k), meta["dtype"])
+        else:
+            want = ((k, k), (k, k), "float64")
+        got = (tuple(array.shape), tuple(array.chunks), array.dtype.name)
+        if got != want:
+            raise _damaged(store, f"{name!r} has shape, chunks and dtype {got}, expected {want}")
+        _check_chunk_files(store, array)
+    if meta["current"] and meta["params"].get("als") is False:
+        # weights are written before the first commit, so a committed model has them
+        for axis, length in lengths.items():
+            name = f"{axis}_weights"
+            try:
+                array = group[name]
+            except (KeyError, ValueError, TypeError) as err:
+                raise _damaged(store, f"its {name} cannot be opened ({err!r})") from err
+            if tuple(array.shape) != (length,):
+                raise _damaged(store, f"{name} has shape {array.shape}, expected ({length},)")
+            _check_chunk_files(store, array)
+
+
+def _check_chunk_files(store, array):
+    """Uncompressed chunks on a local disk must have their full size (not truncated)."""
+    root = getattr(array.store, "root", None)
+    if root is None or array.compressors or array.filters:
+        return
+    size = int(np.prod(array.chunks)) * array.dtype.itemsize
+    for parent, _, files in os.walk(os.path.join(str(root), array.path, "c")):
+        for file in files:
+            path = os.path.join(parent, file)
+            if os.path.getsize(path) != size:
+                raise _damaged(
+                    store, f"the chunk file {path!r} holds {os.path.getsize(path)} bytes, not {size}"
+                )
 
 
 def _try_open(store, mode="r"):
