@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import numbers
+import os
+import shutil
 import time
 
 import dask
@@ -22,7 +25,7 @@ from ._validation import weight_vector
 from .cluster import check_store_reachable
 from .ratings import as_ratings
 from .recommend import rows_csr, topk, topk_all_rows
-from .store import FactorStore
+from .store import FactorStore, writer_lock
 
 __all__ = ["WALS"]
 
@@ -233,43 +236,72 @@ class WALS:
             "entry_weights": None if ew is None else ("function" if callable(ew) else "matrix"),
         }
         chunks = (ratings.chunks[0][0], ratings.chunks[1][0])
-        store = None
-        if self.store is not None:
-            check_store_reachable(self.store)
-            FactorStore.check_unlocked(self.store, break_lock=self.break_lock)
-        if self.resume and self.store is not None:
-            store = _open_for_resume(self.store, (n, m), chunks, dtype, params,
-                                     seed_given=self.seed is not None)
-        if store is not None:
-            params = store.meta["params"]
-            seed = params["seed"]
-            _check_same_weights(store, rw, cw)
-        else:
-            store = FactorStore.create(
-                self.store, (n, m), k, row_chunk=chunks[0], col_chunk=chunks[1], dtype=dtype,
-                params=params, overwrite=self.overwrite or self.resume,
+        path = None if self.store is None else _store_path(self.store)
+        if ratings._nnz == 0:
+            raise ValueError(
+                f"X has no stored entries ({n} × {m}), so there is nothing to fit; "
+                "check the input (an empty file, a filter that removed everything?)"
             )
-            store.write_weights("row", rw)
-            store.write_weights("col", cw)
-            inits = [
-                _graph.build_init(store, axis, seed=seed, values=init,
-                                  split_every=self.split_every)
-                for axis, init in (("row", row_init), ("col", col_init))
-            ]
-            dask.compute(_graph.build_commit(store, inits))
-        if self.store is None:
-            check_store_reachable(store.path)  # a temporary directory is local to the client
-        if ratings.in_memory:
-            # send in-memory data to the workers once, not with every sweep's graph
-            ratings = ratings.persist()
-        if ew is not None and not callable(ew) and ew.in_memory:
-            ew = ew.persist()
-        self.entry_weights_ = ew
-        with store.writer(break_lock=self.break_lock):
-            self._run(store, ratings, n_iter, w0, lam, rw is None, seed)
+        if self.split_every is not None and (
+                isinstance(self.split_every, bool) or not isinstance(self.split_every, int)
+                or self.split_every < 2):
+            raise ValueError(
+                f"split_every must be an integer ≥ 2 or None; got {self.split_every!r}")
+        if self.callback is not None and not callable(self.callback):
+            raise ValueError(f"callback must be callable (model, iteration, loss); got "
+                             f"{self.callback!r}")
+        if path is not None:
+            check_store_reachable(path)
+        # One writer: the lock is held from before the store is created (or reopened)
+        # until the last sweep is committed.
+        with writer_lock(path, break_lock=self.break_lock) if path is not None \
+                else contextlib.nullcontext():
+            existed = path is not None and os.path.exists(os.path.join(str(path), "zarr.json"))
+            try:
+                store = self._prepare_store(path, ratings, k, dtype, chunks, params, rw, cw,
+                                            row_init, col_init, seed)
+                seed = store.meta["params"]["seed"]
+                if path is None:
+                    check_store_reachable(store.path)  # a temporary directory is client-local
+                if ratings.in_memory:
+                    # send in-memory data to the workers once, not with every sweep's graph
+                    ratings = ratings.persist()
+                if ew is not None and not callable(ew) and ew.in_memory:
+                    ew = ew.persist()
+                self.entry_weights_ = ew
+                self._run(store, ratings, n_iter, w0, lam, rw is None, seed)
+            except BaseException:
+                # lazily checked input (a dask array with NaN, bad entry weights) fails in
+                # the first sweep: a store this fit created and never advanced is removed
+                if path is not None and not existed and _is_fresh(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                raise
         self.row_factors_ = store.factor("row")
         self.col_factors_ = store.factor("col")
         return self
+
+    def _prepare_store(self, path, ratings, k, dtype, chunks, params, rw, cw, row_init,
+                       col_init, seed):
+        """Reopen the model to resume, or create and initialise a new one."""
+        n, m = ratings.shape
+        if self.resume and path is not None:
+            store = _open_for_resume(path, (n, m), chunks, dtype, params,
+                                     seed_given=self.seed is not None)
+            if store is not None:
+                _check_same_weights(store, rw, cw)
+                return store
+        store = FactorStore.create(
+            path, (n, m), k, row_chunk=chunks[0], col_chunk=chunks[1], dtype=dtype,
+            params=params, overwrite=self.overwrite or self.resume,
+        )
+        store.write_weights("row", rw)
+        store.write_weights("col", cw)
+        inits = [
+            _graph.build_init(store, axis, seed=seed, values=init, split_every=self.split_every)
+            for axis, init in (("row", row_init), ("col", col_init))
+        ]
+        dask.compute(_graph.build_commit(store, inits))
+        return store
 
     def _run(self, store, ratings, n_iter, w0, lam, als, seed):
         self.row_ids_ = ratings.row_ids
@@ -526,7 +558,7 @@ class WALS:
         values = np.asarray(self.transform(X, row_weights))
         if values.shape[0] != positions.size:
             raise ValueError(f"X has {values.shape[0]} rows for {positions.size} rows")
-        with self.store_.writer(break_lock=self.break_lock):
+        with writer_lock(self.store_.path, break_lock=self.break_lock):
             update = _graph.build_row_refresh(self.store_, "row", positions, values,
                                               self.split_every)
             (update,) = dask.compute(update)
@@ -624,6 +656,30 @@ def _open_for_resume(path, shape, chunks, dtype, params, *, seed_given):
     return store
 
 
+def _store_path(store):
+    """A local path (absolute) or URL string for ``store``; other types are refused."""
+    if isinstance(store, (str, os.PathLike)):
+        text = os.fspath(store)
+        return text if "://" in text else os.path.abspath(os.path.expanduser(text))
+    if hasattr(store, "get") and hasattr(store, "set"):  # a zarr store object
+        return store
+    raise ValueError(
+        f"store must be a path, a URL or a zarr store; got {type(store).__name__} {store!r}. "
+        "Pass for example store='model.zarr', or None for a temporary store."
+    )
+
+
+def _is_fresh(path):
+    """A store created by a fit that never committed a sweep (safe to remove)."""
+    if not isinstance(path, str) or "://" in path:
+        return False
+    try:
+        return FactorStore.open(path, mode="r").meta["sweeps"] == 0
+    except (FileNotFoundError, ValueError):
+        return os.path.isdir(path) and not [
+            c for c in os.listdir(path) if c not in ("zarr.json", "daskwals.lock")]
+
+
 def _check_same_weights(store, rw, cw):
     for axis, given in (("row", rw), ("col", cw)):
         stored = store.weights(axis)
@@ -662,8 +718,15 @@ def _check_init(name, init, length, k):
         raise ValueError(
             f"{name} must have shape ({length}, {k}) (rows × n_components); got {arr.shape}"
         )
-    if not np.issubdtype(arr.dtype, np.number) or not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} must hold finite numbers")
+    if not np.issubdtype(arr.dtype, np.number):
+        raise ValueError(f"{name} must hold numbers; got dtype {arr.dtype}")
+    bad = np.argwhere(~np.isfinite(arr))
+    if bad.size:
+        i, j = (int(v) for v in bad[0])
+        raise ValueError(
+            f"{name} must hold finite numbers; {len(bad)} are not, the first is {arr[i, j]} at "
+            f"row {i}, component {j}. Pass finite initial factors or {name}='random'."
+        )
     return np.asarray(arr, dtype=np.float64)
 
 

@@ -28,18 +28,24 @@ import shutil
 import socket
 import tempfile
 import time
-import uuid
 
 import dask.array as da
 import numpy as np
 import zarr
 
-__all__ = ["FORMAT_VERSION", "FactorStore", "StoreLockedError"]
+try:  # POSIX advisory locks; elsewhere the writer lock is not enforced
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
+
+__all__ = ["FORMAT_VERSION", "FactorStore", "StoreLockedError", "writer_lock"]
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 LOCK_NAME = "daskwals.lock"
+# Attribute of arrays written with every chunk present (write_empty_chunks=True).
+_COMPLETE = "daskwals_all_chunks"
 _ATTR = "daskwals"
 _AXES = {"row": "row", "col": "col"}
 
@@ -88,14 +94,14 @@ class FactorStore:
             atexit.register(shutil.rmtree, tmp, ignore_errors=True)
             store = os.path.join(tmp, "model.zarr")
         store = _normalise_path(store)
-        if not overwrite:
-            existing = _try_open(store)
-            if existing is not None and _ATTR in existing.attrs:
-                raise FileExistsError(
-                    f"a daskwals model already exists at {store!r}; pass overwrite=True to "
-                    "replace it, or open it with FactorStore.open to resume or serve it"
-                )
-        group = zarr.open_group(store, mode="w", zarr_format=3)
+        if _is_local(store):
+            group = _create_local(store, overwrite)
+        else:
+            if not overwrite:
+                existing = _try_open(store)
+                if existing is not None and _ATTR in existing.attrs:
+                    raise FileExistsError(_exists_message(store))
+            group = zarr.open_group(store, mode="w", zarr_format=3)
         n, m = (int(s) for s in shape)
         group.attrs[_ATTR] = {
             "format_version": FORMAT_VERSION,
@@ -205,6 +211,9 @@ class FactorStore:
             fill_value=0,
             overwrite=True,
             dimension_names=[f"{axis}", "component"],
+            # every chunk gets a file, zeros too, so a missing file means damage
+            config={"write_empty_chunks": True},
+            attributes={_COMPLETE: True},
         )
         return name, array
 
@@ -287,6 +296,7 @@ class FactorStore:
         arr = self.group.create_array(
             name, shape=weights.shape, chunks=(self.chunk(axis),), dtype="float64",
             compressors=None, overwrite=True, fill_value=0, dimension_names=[axis],
+            config={"write_empty_chunks": True}, attributes={_COMPLETE: True},
         )
         arr[...] = weights
         return arr
@@ -322,42 +332,15 @@ class FactorStore:
         return da.from_zarr(self.group[name])
 
     # ------------------------------------------------------------------ writer lock
-    def _lock_path(self):
-        root = getattr(self.group.store, "root", None)
-        return None if root is None else os.path.join(str(root), self.group.path, LOCK_NAME)
-
-    @contextlib.contextmanager
     def writer(self, *, break_lock=False):
-        """Hold the store's single-writer lock for the duration of a ``with`` block.
-
-        A second writer (another process or another fit) is refused with
-        :class:`StoreLockedError`; readers are never blocked. A lock left by a process
-        that no longer runs on this host is taken over with a warning; ``break_lock=True``
-        takes over any lock (use it only when the other writer is certainly gone). On
-        stores that are not local directories the lock is not enforced.
-        """
-        path = self._lock_path()
-        if path is None:
-            logger.warning("the single-writer lock is not enforced on %s", self.path)
-            yield self
-            return
-        token = _acquire(path, break_lock)
-        try:
-            yield self
-        finally:
-            _release(path, token)
+        """Hold the store's single-writer lock for a ``with`` block (see :func:`writer_lock`)."""
+        return writer_lock(self.path, break_lock=break_lock)
 
     @staticmethod
     def check_unlocked(store, *, break_lock=False):
         """Refuse (StoreLockedError) when a live writer holds the store at ``store``."""
-        store = _normalise_path(store)
-        if not isinstance(store, str) or "://" in store:
-            return
-        path = os.path.join(store, LOCK_NAME)
-        if os.path.exists(path) and not break_lock:
-            held = _read_lock(path)
-            if not _is_stale(held):
-                _acquire(path, False)  # raises with the holder's details
+        with writer_lock(store, break_lock=break_lock, create=False):
+            pass
 
     def __repr__(self):
         meta = self.meta
@@ -371,61 +354,115 @@ class StoreLockedError(RuntimeError):
     """Another writer holds the model store."""
 
 
-def _lock_owner():
-    return {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time(),
-            "token": uuid.uuid4().hex}
+@contextlib.contextmanager
+def writer_lock(store, *, break_lock=False, create=True):
+    """Hold the single-writer lock of the model store at ``store`` (a local path).
+
+    The lock is an advisory ``flock`` on the file ``daskwals.lock`` inside the store's
+    directory, held for the duration of the ``with`` block: a second writer — another
+    process, or another fit in this one — is refused with :class:`StoreLockedError`
+    naming the holder; readers are never blocked. The operating system releases the
+    lock when its holder dies, so a killed fit leaves no stale lock on a local disk.
+    ``break_lock=True`` proceeds without the lock when another writer holds it (for a
+    network file system whose locks outlive their holders: use it only when the other
+    writer is certainly gone). ``create`` makes the directory if needed; without it a
+    missing store is simply not locked. URLs and non-local stores are not locked.
+    """
+    store = _normalise_path(store)
+    if not _is_local(store) or fcntl is None:
+        logger.debug("the single-writer lock is not enforced on %r", store)
+        yield None
+        return
+    if not os.path.isdir(store):
+        if not create:
+            yield None
+            return
+        os.makedirs(store, exist_ok=True)
+    fd = _acquire(os.path.join(store, LOCK_NAME), break_lock)
+    try:
+        yield fd
+    finally:
+        _release(fd)
 
 
 def _acquire(path, break_lock):
-    owner = _lock_owner()
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            held = _read_lock(path)
-            if break_lock or _is_stale(held):
-                logger.warning("taking over the lock of %s held by %s", path, held)
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(path)
-                continue
-            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(held.get("since", 0)))
-            raise StoreLockedError(
-                f"the model store {os.path.dirname(path)!r} is being written by process "
-                f"{held.get('pid')} on {held.get('host')} since {since}. Wait for it to "
-                "finish, or, if that process is gone, pass break_lock=True (daskwals fit "
-                "--break-lock). Reading the store is always allowed."
-            ) from None
-        with os.fdopen(fd, "w") as f:
-            json.dump(owner, f)
-        return owner["token"]
-    raise StoreLockedError(f"could not take the lock {path!r}: another writer keeps taking it")
-
-
-def _read_lock(path):
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        with open(path) as f:
-            return json.load(f)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        held = _read_lock(fd)
+        os.close(fd)
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(held.get("since", 0)))
+        holder = f"process {held.get('pid', '?')} on {held.get('host', '?')} since {since}"
+        if break_lock:
+            logger.warning("break_lock: writing %s although %s holds its lock", path, holder)
+            return None
+        raise StoreLockedError(
+            f"the model store {os.path.dirname(path)!r} is being written by {holder}. Wait "
+            "for it to finish. A dead writer's lock is released by the operating system; "
+            "only if the other writer is certainly gone and the lock persists (some network "
+            "file systems), pass break_lock=True (daskwals fit --break-lock). Reading the "
+            "store is always allowed."
+        ) from None
+    owner = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(owner).encode(), 0)
+    return fd
+
+
+def _read_lock(fd):
+    try:
+        return json.loads(os.pread(fd, 4096, 0).decode() or "{}")
     except (OSError, ValueError):
         return {}
 
 
-def _is_stale(held):
-    """A lock whose process is known to be gone: same host, no such pid."""
-    if held.get("host") != socket.gethostname() or not isinstance(held.get("pid"), int):
-        return False
+def _release(fd):
+    if fd is None:
+        return
     try:
-        os.kill(held["pid"], 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+        os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)  # releases the flock; the file stays (unlinking it would race)
 
 
-def _release(path, token):
-    if _read_lock(path).get("token") == token:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(path)
+def _is_local(store):
+    return isinstance(store, str) and "://" not in store
+
+
+def _exists_message(store):
+    return (
+        f"a daskwals model already exists at {store!r}; pass overwrite=True to replace it, "
+        "or open it with FactorStore.open (or fit with resume=True) to continue or serve it"
+    )
+
+
+def _create_local(store, overwrite):
+    """A new group in the local directory ``store``, never deleting anything but a model."""
+    if os.path.exists(store) and not os.path.isdir(store):
+        raise ValueError(f"store={store!r} is a file, not a directory; pass a directory path")
+    contents = [c for c in os.listdir(store) if c != LOCK_NAME] if os.path.isdir(store) else []
+    if contents:
+        try:
+            existing = _try_open(store)
+            is_model = existing is not None and _ATTR in existing.attrs
+        except (ValueError, TypeError, KeyError):
+            is_model = False
+        if not (is_model or _looks_like_a_model(store)):
+            raise ValueError(
+                f"store={store!r} exists and is not a daskwals model store; daskwals never "
+                "deletes other data. Pass a new or empty directory."
+            )
+        if not overwrite:
+            raise FileExistsError(_exists_message(store))
+        for child in contents:
+            full = os.path.join(store, child)
+            if os.path.isdir(full) and not os.path.islink(full):
+                shutil.rmtree(full)
+            else:
+                os.remove(full)
+    os.makedirs(store, exist_ok=True)
+    return zarr.create_group(zarr.storage.LocalStore(store), zarr_format=3)
 
 
 def _normalise_path(store):
@@ -501,13 +538,21 @@ def _check_chunk_files(store, array):
     if root is None or array.compressors or array.filters:
         return
     size = int(np.prod(array.chunks)) * array.dtype.itemsize
+    found = 0
     for parent, _, files in os.walk(os.path.join(str(root), array.path, "c")):
+        found += len(files)
         for file in files:
             path = os.path.join(parent, file)
             if os.path.getsize(path) != size:
                 raise _damaged(
                     store, f"the chunk file {path!r} holds {os.path.getsize(path)} bytes, not {size}"
                 )
+    if array.attrs.get(_COMPLETE):
+        expected = int(np.prod([-(-n // c) for n, c in zip(array.shape, array.chunks)]))
+        if found != expected:
+            raise _damaged(
+                store, f"{array.path!r} has {found} chunk files of {expected} (some are missing)"
+            )
 
 
 def _try_open(store, mode="r"):

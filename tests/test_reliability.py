@@ -6,8 +6,8 @@ before and after. Faults run on real ``distributed.LocalCluster`` process worker
 catalogue of errors and what each one means is ``docs/errors.md``; every row there points
 at the test that checks it.
 
-Cases that fail today are marked ``xfail(strict=True)`` with the reason: they are the
-library's open reliability bugs, and the mark comes off when they are fixed.
+Every case here passes; a newly found gap is added as ``xfail(strict=True)`` with its
+reason until it is fixed (docs/errors.md keeps the table).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from hypothesis import strategies as st
 
 import daskwals
 from daskwals import WALS, FactorStore, Ratings
-from daskwals.store import FORMAT_VERSION, StoreLockedError
+from daskwals.store import FORMAT_VERSION, StoreLockedError, writer_lock
 
 from . import oracle
 from .conftest import dense_and_mask, random_ratings
@@ -103,7 +103,8 @@ def assert_same_model(path, before):
         assert meta[key] == before[0][key], key
     np.testing.assert_array_equal(U, before[1])
     np.testing.assert_array_equal(V, before[2])
-    assert not (Path(path) / "daskwals.lock").exists()
+    with writer_lock(path):  # the failed fit released the writer lock
+        pass
 
 
 @pytest.fixture(scope="module")
@@ -165,9 +166,6 @@ def test_nan_in_lazy_dask_input_keeps_the_last_complete_sweep(model_store):
     assert_same_model(model_store, before)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "dask-array ratings are validated lazily inside the first sweep, after FactorStore.create "
-    "has written the new store and its initial factors"))
 def test_nan_in_lazy_dask_input_writes_no_new_store(tmp_path):
     with pytest.raises(ValueError, match="non-finite"):
         fit_on(tmp_path / "new.zarr", _dask_with_nan(), resume=False)
@@ -287,9 +285,6 @@ def test_bad_parameters_name_parameter_value_and_fix(model_store, tmp_path, kwar
     assert digest(tmp_path / "new.zarr") is None
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "row_init/col_init with NaN or inf: the message ('row_init must hold finite numbers') "
-    "gives neither the value nor its position"))
 def test_non_finite_init_names_the_value_and_position(tmp_path):
     init = np.ones((30, K))
     init[4, 1] = np.nan
@@ -298,9 +293,6 @@ def test_non_finite_init_names_the_value_and_position(tmp_path):
             r"row_init", r"nan", r"\(4, 1\)|row 4")
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason=(
-    "WALS accepts split_every=1 and 0 silently (tree_sum falls back to 8 or 2); WALSModel "
-    "refuses them"))
 @pytest.mark.parametrize("split_every", [0, 1])
 def test_split_every_below_two_is_refused(tmp_path, split_every):
     refused(ValueError, lambda: fit_on(tmp_path / "new.zarr", ratings_30x20(), resume=False,
@@ -309,9 +301,6 @@ def test_split_every_below_two_is_refused(tmp_path, split_every):
     assert digest(tmp_path / "new.zarr") is None
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "callback is not checked by fit: the first iteration is written, then a bare "
-    "TypeError(\"'int' object is not callable\") is raised"))
 def test_callback_that_is_not_callable_is_refused_before_writing(tmp_path):
     refused((TypeError, ValueError),
             lambda: fit_on(tmp_path / "new.zarr", ratings_30x20(), resume=False, callback=5),
@@ -319,9 +308,6 @@ def test_callback_that_is_not_callable_is_refused_before_writing(tmp_path):
     assert digest(tmp_path / "new.zarr") is None
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "store=<int> ends in a bare TypeError from os.path ('expected str, bytes or os.PathLike "
-    "object, not int') that names neither the parameter nor the fix"))
 def test_store_of_an_unsupported_type_names_the_parameter():
     refused((TypeError, ValueError), lambda: WALS(K, store=12345, **FIT).fit(ratings_30x20()),
             r"store", r"12345")
@@ -339,9 +325,6 @@ def test_negative_entry_weights_keep_the_last_complete_sweep(model_store):
     assert_same_model(model_store, before)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "entry_weights (even an in-memory matrix) are checked inside the first sweep, after the "
-    "new store and its initial factors are written"))
 def test_negative_entry_weights_write_no_new_store(tmp_path):
     X = ratings_30x20()
     E = X.copy()
@@ -351,9 +334,6 @@ def test_negative_entry_weights_write_no_new_store(tmp_path):
     assert digest(tmp_path / "new.zarr") is None
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason=(
-    "a matrix with no stored entries is fitted (every factor row 0, loss 0) instead of "
-    "refused; WALSModel refuses such input ('sp_input has no stored entries')"))
 def test_empty_matrix_is_refused_before_writing(tmp_path):
     empty = scipy.sparse.csr_matrix((30, 20))
     refused(ValueError, lambda: fit_on(tmp_path / "new.zarr", empty, resume=False),
@@ -502,18 +482,11 @@ def test_damaged_store_is_named_and_never_overwritten_by_resume(model_store, dam
     FactorStore.open(model_store)
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason=(
-    "a deleted factor chunk reads as zeros (zarr fill_value; all-zero chunks are not written, "
-    "write_empty_chunks=False), so FactorStore.open cannot tell it from a zero block and "
-    "resume silently continues from a wrong V"))
 def test_deleted_factor_chunk_is_detected(model_store):
     _chunk_file(model_store, "col_factors").unlink()
     refused(ValueError, lambda: FactorStore.open(model_store), r"damaged", r"col_factors")
 
 
-@pytest.mark.xfail(strict=True, raises=FileNotFoundError, reason=(
-    "FactorStore.create opens the group with mode='w', which deletes everything in the "
-    "directory: a store path that holds other files is wiped (WALSModel refuses it)"))
 @pytest.mark.parametrize("mode", [dict(), dict(overwrite=True), dict(resume=True)])
 def test_fit_never_deletes_unrelated_files(tmp_path, mode):
     target = tmp_path / "results"
@@ -827,10 +800,6 @@ def test_two_concurrent_fits_on_one_store_exactly_one_is_refused(tmp_path):
     np.testing.assert_array_equal(V, np.asarray(whole.col_factors_))
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason=(
-    "the writer lock is taken only after FactorStore.create, the initial factors and "
-    "Ratings.persist: a second fit started in that window passes check_unlocked, wipes the "
-    "first fit's store (mode='w') and is not refused"))
 def test_fit_started_while_another_initialises_is_refused(tmp_path):
     X = random_ratings(40, 30, 0.2, seed=3)
     proc, flag = _start_holder(tmp_path, WINDOW_FIT, X)
@@ -842,66 +811,50 @@ def test_fit_started_while_another_initialises_is_refused(tmp_path):
         _release(proc, flag)
 
 
-STALE_TAKEOVER = """
+def test_leftover_lock_files_never_block_a_writer(model_store, tmp_path):
+    """The lock is an flock: a lock file's content (a dead writer's, or empty) blocks no one."""
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    lock = model_store / "daskwals.lock"
+    for content in (json.dumps({"host": socket.gethostname(), "pid": int(gone.stdout),
+                                "since": 0}), "", "garbage"):
+        lock.write_text(content)
+        assert fit_on(model_store, ratings_30x20(), n_iter=2).n_iter_ == 2
+
+
+CONCURRENT_WRITERS = """
 import os, sys, time
-import daskwals.store as fs
-
-path, flag = sys.argv[1], sys.argv[2]
-is_stale = fs._is_stale
-
-def slow_is_stale(held):  # between seeing a stale lock and removing it, another writer runs
-    stale = is_stale(held)
-    if stale:
-        open(flag + ".holding", "w").close()
-        deadline = time.monotonic() + 120
-        while not os.path.exists(flag + ".release") and time.monotonic() < deadline:
-            time.sleep(0.01)
-    return stale
-
-fs._is_stale = slow_is_stale
+from daskwals.store import StoreLockedError, writer_lock
 try:
-    with fs.FactorStore.open(path).writer():
+    with writer_lock(sys.argv[1]):
         print("locked", flush=True)
-except fs.StoreLockedError:
+        deadline = time.monotonic() + 120
+        while not os.path.exists(sys.argv[2]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+except StoreLockedError:
     print("refused", flush=True)
 """
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "taking over a stale lock removes whatever lock file is there now (os.remove after "
-    "reading it): a writer that saw the stale lock deletes the fresh lock of a writer that "
-    "took it over first, and both hold the store"))
-def test_stale_lock_is_taken_over_by_one_writer_only(model_store, tmp_path):
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
-    lock = model_store / "daskwals.lock"
-    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": int(gone.stdout),
-                                "since": 0, "token": "dead"}))
-    script = tmp_path / "takeover.py"
-    script.write_text(textwrap.dedent(STALE_TAKEOVER))
-    flag = tmp_path / "flag"
-    proc = subprocess.Popen([sys.executable, str(script), str(model_store), str(flag)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not Path(f"{flag}.holding").exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    with FactorStore.open(model_store).writer():  # takes the stale lock over first
-        code, out, err = _release(proc, flag)
-    assert code == 0, err
-    assert out.strip() == "refused"
+def test_while_one_writer_holds_the_lock_every_other_is_refused(model_store, tmp_path):
+    script = tmp_path / "writer.py"
+    script.write_text(textwrap.dedent(CONCURRENT_WRITERS))
 
+    release = tmp_path / "release"
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "an empty lock file (left by a writer killed between creating and writing it) is never "
-    "stale: every later writer is refused as 'process None on None since 1970-01-01' until "
-    "break_lock=True"))
-def test_empty_lock_file_is_reported_as_such(model_store):
-    (model_store / "daskwals.lock").write_text("")
-    message = refused(StoreLockedError, lambda: fit_on(model_store, ratings_30x20(), n_iter=2),
-                      r"break_lock=True")
-    assert "None" not in message and "1970" not in message, message
+    def start():
+        return subprocess.Popen([sys.executable, str(script), str(model_store), str(release)],
+                                stdout=subprocess.PIPE, text=True)
+
+    holder = start()
+    assert holder.stdout.readline().strip() == "locked"
+    others = [start() for _ in range(3)]
+    outs = [p.communicate(timeout=120)[0].strip() for p in others]
+    assert outs == ["refused"] * 3
+    release.touch()
+    holder.communicate(timeout=120)
+    after = start()
+    assert after.communicate(timeout=120)[0].strip() == "locked"
 
 
 # ============================================================== 4. properties
