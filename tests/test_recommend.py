@@ -169,3 +169,14 @@ def test_ranking_report_works_on_positions_for_models_with_ids():
     ra, rb = ranking_report(a, X, test, K=5), ranking_report(b, X, test, K=5)
     assert ra == pytest.approx(rb)
     assert ra["n_users"] > 0
+
+
+def test_xarray_reads_the_factors_with_dimension_names(tmp_path):
+    xr = pytest.importorskip("xarray")
+    X = random_ratings(30, 20, 0.3, seed=4)
+    model = WALS(3, n_iter=1, seed=0, store=tmp_path / "m.zarr").fit(X)
+    for axis, factor in (("row", model.row_factors_), ("col", model.col_factors_)):
+        group, name = model.store_.meta["current"][f"{axis}_factors"].split("/")
+        ds = xr.open_zarr(tmp_path / "m.zarr", group=group, consolidated=False)
+        assert ds[name].dims == (axis, "component")
+        np.testing.assert_array_equal(ds[name].values, np.asarray(factor))
