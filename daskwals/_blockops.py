@@ -151,13 +151,21 @@ def solve_pieces(
     previous=None,
     row_offset=0,
     context=None,
+    solver="cholesky",
+    cg_steps=3,
+    ridge_lambda=None,
 ):
     """Solve one row block and return ``(x, loss_sums, gramian)``.
 
     ``x`` (n_rows, k) is in ``dtype``; rows without stored entries are zero when
     ``solve_empty`` is true and are copied from ``previous`` otherwise. ``loss_sums``
     are the block's :func:`daskwals._kernels.loss_block` sums at the new (stored
-    precision) values and ``gramian`` is xᵀx in float64.
+    precision) values followed by Σ_i n_i ‖x_i‖² (n_i: the row's stored entries, for
+    the frequency-scaled regulariser), and ``gramian`` is xᵀx in float64.
+
+    ``solver="cg"`` takes ``cg_steps`` conjugate-gradient steps warm-started from
+    ``previous`` (approximate); ``ridge_lambda`` adds λ·n_i to row i's diagonal
+    (Spark's ALS-WR), with ``base`` then built without λI.
     """
     k = base.shape[0]
     indptr, indices, data, ew, cg, vg = stack_pieces(pieces, n_rows)
@@ -168,9 +176,14 @@ def solve_pieces(
         x = np.array(previous, dtype=np.float64, order="C")
     else:
         x = np.zeros((n_rows, k))
-    failed, count = _kernels.solve_block(
-        indptr, indices, data, ew, r, cg, vg, np.ascontiguousarray(base), float(w0), solve_empty, x
-    )
+    counts = _kernels.row_counts(indptr).astype(np.float64)
+    ridge = None if not ridge_lambda else float(ridge_lambda) * counts
+    args = (indptr, indices, data, ew, r, cg, vg, np.ascontiguousarray(base), float(w0),
+            solve_empty, x)
+    if solver == "cg":
+        failed, count = _kernels.cg_block(*args, steps=int(cg_steps), ridge=ridge)
+    else:
+        failed, count = _kernels.solve_block(*args, ridge=ridge)
     if failed >= 0:
         raise SingularSystemError(_singular_message(row_offset + failed, count, k, context or {}))
     with np.errstate(over="ignore"):  # overflow is reported just below, with its fix
@@ -186,6 +199,7 @@ def solve_pieces(
         )
     x64 = x.astype(np.float64, copy=False)
     sums = _kernels.loss_block(indptr, indices, data, ew, r, cg, np.ascontiguousarray(x64), vg)
+    sums = np.append(sums, counts @ np.einsum("ij,ij->i", x64, x64))
     return x, sums, x64.T @ x64
 
 

@@ -127,11 +127,12 @@ def _gather_task(block, factor, fixed_weights, entry_weights=None):
     return gather_piece(block, factor, cw, entry_weights)
 
 
-def _solve_task(pieces, n_rows, weights, base, out, start, w0, dtype, solve_empty, context):
+def _solve_task(pieces, n_rows, weights, base, out, start, w0, dtype, solve_empty, context,
+                options=None, previous=None):
     r = np.zeros(n_rows) if weights is None else weights
     x, sums, gram = solve_pieces(
         pieces, n_rows, r, base, w0, dtype=dtype, solve_empty=solve_empty,
-        row_offset=start, context=context,
+        row_offset=start, context=context, previous=previous, **(options or {}),
     )
     out[start : start + n_rows] = x
     return sums, gram
@@ -158,7 +159,8 @@ def _entry_weight_blocks(entry_weights, shape):
 
 def build_sweep(
     store, ratings, axis, *, unobserved_weight, regularization, fixed_gram, split_every=None,
-    als=False, final=False, cache_factors=True, entry_weights=None,
+    als=False, final=False, cache_factors=True, entry_weights=None, solver="cholesky",
+    cg_steps=3, frequency=False, other_frequency_norm=None,
 ):
     """Delayed ``{"update": (axis, name, gramian), "sums": ..., "loss": ...}``: a full sweep.
 
@@ -168,7 +170,10 @@ def build_sweep(
     is the other factor's Gramian, a NumPy array or a lazy dask/delayed value. When
     ``final`` is true the full objective at the new values is evaluated too.
     ``entry_weights`` (a function of the values, or a Ratings with the same pattern and
-    orientation as ``ratings``) multiplies R_i C_j entry by entry.
+    orientation as ``ratings``) multiplies R_i C_j entry by entry. ``solver="cg"``
+    takes ``cg_steps`` conjugate-gradient steps from the current factor rows;
+    ``frequency`` scales λ by each row's stored entries (ALS-WR), in which case the
+    final objective needs the other factor's Σ n_j ‖x_j‖² (``other_frequency_norm``).
 
     With ``cache_factors`` every row-block task receives the whole fixed factor (its
     chunks are read from zarr once per sweep and kept in worker memory). Without it,
@@ -194,7 +199,11 @@ def build_sweep(
         own_w = list(store.weights(axis).to_delayed())
     w0 = float(unobserved_weight)
     lam = float(regularization or 0.0)
-    base = dask.delayed(base_matrix, pure=True)(fixed_gram, w0, lam)
+    base = dask.delayed(base_matrix, pure=True)(fixed_gram, w0, 0.0 if frequency else lam)
+    options = {"solver": solver, "cg_steps": cg_steps,
+               "ridge_lambda": lam if frequency else None}
+    own_blocks = ([b[0] for b in store.factor(axis).to_delayed()] if solver == "cg"
+                  else [None] * len(X.chunks[0]))
     name, out = store.new_factor(axis)
     context = {"axis": axis, "regularization": regularization, "unobserved_weight": w0}
     blocks = X.to_delayed()
@@ -202,7 +211,8 @@ def build_sweep(
     results = []
     for i in range(blocks.shape[0]):
         start = i * store.chunk(axis)
-        args = (X.chunks[0][i], own_w[i], base, out, start, w0, store.dtype, True, context)
+        args = (X.chunks[0][i], own_w[i], base, out, start, w0, store.dtype, True, context,
+                options, own_blocks[i])
         if cache_factors:
             task = dask.delayed(_gather_solve_task, pure=False)(
                 list(blocks[i]), fixed_blocks, fixed_w, list(ew_blocks[i]), *args
@@ -219,15 +229,23 @@ def build_sweep(
     sums, gram = total[0], total[1]
     loss = None
     if final:
-        loss = dask.delayed(full_loss, pure=True)(sums, gram, fixed_gram, w0, lam)
+        loss = dask.delayed(full_loss, pure=True)(sums, gram, fixed_gram, w0, lam,
+                                                  other_frequency_norm if frequency else None)
     return dask.delayed(dict, pure=True)(update=(axis, name, gram), sums=sums, loss=loss)
 
 
-def full_loss(sums, gram, other_gram, w0, lam):
-    """The full objective from a sweep's sparse sums and both Gramians (DESIGN.md §1)."""
+def full_loss(sums, gram, other_gram, w0, lam, other_frequency_norm=None):
+    """The full objective from a sweep's sparse sums and both Gramians (DESIGN.md §1).
+
+    With ``other_frequency_norm`` the regulariser is ALS-WR's λ(Σ n_i‖u_i‖² + Σ m_j‖v_j‖²),
+    this sweep's part being ``sums[4]``.
+    """
     sparse_term = w0 * (sums[0] - sums[1]) + sums[2]
     dense_term = w0 * float(np.sum(np.asarray(gram) * np.asarray(other_gram)))
-    reg = lam * (float(np.trace(gram)) + float(np.trace(other_gram)))
+    if other_frequency_norm is not None:
+        reg = lam * (float(sums[4]) + float(other_frequency_norm))
+    else:
+        reg = lam * (float(np.trace(gram)) + float(np.trace(other_gram)))
     return float(sparse_term + dense_term + reg)
 
 

@@ -83,6 +83,16 @@ class WALS:
         implicit's confidence model with ``unobserved_weight=1``, weights 1), or a matrix
         with exactly the ratings' stored pattern (same chunking for dask input). Weights
         must be finite and ≥ 0; they are checked block by block as the sweeps read them.
+    regularization_mode : {"constant", "frequency"}, default "constant"
+        "frequency" scales λ by each row's (column's) number of stored entries, so the
+        regulariser is λ(Σ n_i‖u_i‖² + Σ m_j‖v_j‖²) (Spark's ALS-WR).
+    solver : {"cholesky", "cg"}, default "cholesky"
+        "cholesky" solves every row's normal equations exactly. "cg" takes ``cg_steps``
+        conjugate-gradient steps warm-started from the current factors, like
+        ``implicit``'s ``use_cg=True``: cheaper per iteration and *approximate* — the
+        objective may not reach the exact minimiser's and is not guaranteed to fall.
+    cg_steps : int, default 3
+        Conjugate-gradient steps per row and sweep when ``solver="cg"``.
     use_factors_weights_cache : bool, default True
         True: each row-block task receives the whole fixed factor and its weights (read
         once per sweep, kept in worker memory). False: stream — no task holds a whole
@@ -134,6 +144,9 @@ class WALS:
         chunks="auto",
         split_every=None,
         entry_weights=None,
+        regularization_mode="constant",
+        solver="cholesky",
+        cg_steps=3,
         use_factors_weights_cache=True,
         use_gramian_cache=True,
         resume=False,
@@ -155,6 +168,9 @@ class WALS:
         self.chunks = chunks
         self.split_every = split_every
         self.entry_weights = entry_weights
+        self.regularization_mode = regularization_mode
+        self.solver = solver
+        self.cg_steps = cg_steps
         self.use_factors_weights_cache = use_factors_weights_cache
         self.use_gramian_cache = use_gramian_cache
         self.resume = resume
@@ -230,9 +246,15 @@ class WALS:
                 "entry_weights need row_weights and col_weights (they multiply R_i C_j); in "
                 "plain ALS mode there is no stored-entry weight. Set row_weights=1, col_weights=1."
             )
+        if self.regularization_mode not in ("constant", "frequency"):
+            raise ValueError(f"regularization_mode must be 'constant' or 'frequency'; got "
+                             f"{self.regularization_mode!r}")
+        if self.solver not in ("cholesky", "cg"):
+            raise ValueError(f"solver must be 'cholesky' or 'cg'; got {self.solver!r}")
+        _check_int("cg_steps", self.cg_steps, 1)
         params = {
             "n_components": k, "unobserved_weight": w0, "regularization": lam,
-            "als": rw is None, "seed": seed,
+            "als": rw is None, "seed": seed, "regularization_mode": self.regularization_mode,
             "entry_weights": None if ew is None else ("function" if callable(ew) else "matrix"),
         }
         chunks = (ratings.chunks[0][0], ratings.chunks[1][0])
@@ -344,13 +366,19 @@ class WALS:
         ew = self.entry_weights_
         if ew is not None and not callable(ew) and axis == "col":
             ew = ew.T
+        frequency = self.regularization_mode == "frequency" and bool(lam)
+        norms = store.meta.get("frequency_norm", {})
         sweep = _graph.build_sweep(
             store, ratings, axis, unobserved_weight=w0, regularization=lam,
             fixed_gram=fixed_gram, split_every=self.split_every, als=als, final=final,
             cache_factors=self.use_factors_weights_cache, entry_weights=ew,
+            solver=self.solver, cg_steps=self.cg_steps, frequency=frequency,
+            other_frequency_norm=norms.get(other),
         )
         (result,) = dask.compute(sweep)
-        store.commit([result["update"]], sweeps=1, loss=result["loss"])
+        norms = {**norms, axis: float(result["sums"][4])}
+        store.commit([result["update"]], sweeps=1, loss=result["loss"],
+                     extra={"frequency_norm": norms})
         return result
 
     # ---------------------------------------------------------------- queries
@@ -643,7 +671,8 @@ def _open_for_resume(path, shape, chunks, dtype, params, *, seed_given):
         "row_chunk": chunks[0], "col_chunk": chunks[1],
     }
     stored = {key: meta[key] for key in expected}
-    for key in ("unobserved_weight", "regularization", "als") + (("seed",) if seed_given else ()):
+    for key in ("unobserved_weight", "regularization", "als", "regularization_mode") + (
+            ("seed",) if seed_given else ()):
         expected[key] = params[key]
         stored[key] = meta["params"].get(key)
     diff = {key: (stored[key], expected[key]) for key in expected if stored[key] != expected[key]}

@@ -304,3 +304,87 @@ def test_entry_weights_refusals(small):
         fit(small, entry_weights=lambda r: r, row_weights=None, col_weights=None)
     with pytest.raises(ValueError, match="return one weight per value"):
         fit(small, entry_weights=lambda r: r[:1])
+
+
+def test_frequency_regularization_matches_the_oracle(small):
+    """ALS-WR: row i's ridge is λ·n_i, and the objective uses λ(Σ n_i‖u_i‖² + Σ m_j‖v_j‖²)."""
+    n, m = small.shape
+    U0, V0 = inits(n, m)
+    lam, w0 = 0.3, 0.2
+    model = fit(small, regularization=lam, unobserved_weight=w0, row_init=U0, col_init=V0,
+                regularization_mode="frequency", chunks=(8, 6))
+    A, mask = dense_and_mask(small)
+    W = oracle.weights_matrix(mask, w0, 1.0, 1.0)
+    n_row, n_col = mask.sum(1), mask.sum(0)
+    k = U0.shape[1]
+
+    def solve(A, W, V, counts):
+        out = np.zeros((A.shape[0], k))
+        for i in range(A.shape[0]):
+            lhs = (V * W[i][:, None]).T @ V + lam * counts[i] * np.eye(k)
+            out[i] = np.linalg.solve(lhs, V.T @ (W[i] * A[i]))
+        return out
+
+    U, V, hist = U0, V0, []
+    for _ in range(3):
+        U = solve(A, W, V, n_row)
+        V = solve(A.T, W.T, U, n_col)
+        hist.append(float(np.sum(W * (A - U @ V.T) ** 2)
+                          + lam * (n_row @ (U**2).sum(1) + n_col @ (V**2).sum(1))))
+    np.testing.assert_allclose(np.asarray(model.row_factors_), U, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(np.asarray(model.col_factors_), V, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(model.loss_history_, hist, rtol=1e-9)
+
+
+def test_cg_solver_is_approximate_and_converges_to_the_exact_solves():
+    X = random_ratings(60, 45, 0.15, seed=9)
+    exact = WALS(4, n_iter=6, seed=3, dtype="float64", regularization=0.1, chunks=(13, 11)).fit(X)
+    many = WALS(4, n_iter=6, seed=3, dtype="float64", regularization=0.1, chunks=(13, 11),
+                solver="cg", cg_steps=12).fit(X)
+    few = WALS(4, n_iter=6, seed=3, dtype="float64", regularization=0.1, chunks=(13, 11),
+               solver="cg", cg_steps=2).fit(X)
+    # with at least k steps CG is exact in exact arithmetic
+    np.testing.assert_allclose(np.asarray(many.row_factors_), np.asarray(exact.row_factors_),
+                               rtol=1e-5, atol=1e-7)
+    assert few.loss_history_[-1] >= exact.loss_history_[-1] * (1 - 1e-9)
+    assert few.loss_history_[-1] <= exact.loss_history_[0]
+    assert few.loss_history_[-1] == pytest.approx(exact.loss_history_[-1], rel=0.05)
+    with pytest.raises(ValueError, match="solver must be 'cholesky' or 'cg'"):
+        WALS(4, solver="lu").fit(X)
+    with pytest.raises(ValueError, match="regularization_mode"):
+        WALS(4, regularization_mode="per-row").fit(X)
+
+
+def test_reproduces_implicit_on_non_binary_data():
+    """implicit's model: confidence alpha·r on stored entries, 1 elsewhere, preference 1.
+
+    In daskwals: A = the stored pattern (values 1), W0 = 1, R = C = 1 and
+    entry_weights = alpha·r − 1, so W = 1 + (alpha·r − 1) = alpha·r on stored entries.
+    """
+    implicit_als = pytest.importorskip("implicit.cpu.als")
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    rng = np.random.default_rng(4)
+    n, m, k, alpha, lam = 80, 50, 4, 3.0, 0.5
+    mask = rng.random((n, m)) < 0.15
+    r = np.where(mask, rng.integers(1, 6, size=(n, m)), 0).astype(np.float32)
+    counts = scipy.sparse.csr_matrix(r)
+    U0 = rng.standard_normal((n, k)).astype(np.float32) * 0.1
+    V0 = rng.standard_normal((m, k)).astype(np.float32) * 0.1
+    with threadpoolctl.threadpool_limits(1, "blas"):
+        ref = implicit_als.AlternatingLeastSquares(
+            factors=k, regularization=lam, alpha=alpha, iterations=3, use_cg=False,
+            calculate_training_loss=False, num_threads=1, random_state=0)
+        ref.user_factors, ref.item_factors = U0.copy(), V0.copy()
+        ref.fit(counts, show_progress=False)
+    pattern = counts.copy()
+    pattern.data[:] = 1.0
+    ew = counts.copy()
+    ew.data = alpha * ew.data - 1.0
+    model = WALS(k, unobserved_weight=1.0, regularization=lam, row_weights=1.0,
+                 col_weights=1.0, entry_weights=ew, n_iter=3, row_init=U0, col_init=V0,
+                 dtype="float64", chunks=(20, 25)).fit(pattern)
+    # implicit works in float32: agreement to its precision
+    np.testing.assert_allclose(np.asarray(model.row_factors_), ref.user_factors, rtol=2e-3,
+                               atol=2e-4)
+    np.testing.assert_allclose(np.asarray(model.col_factors_), ref.item_factors, rtol=2e-3,
+                               atol=2e-4)
