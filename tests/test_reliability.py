@@ -867,6 +867,7 @@ def problems(draw):
     row, col = np.nonzero(mask)
     values = rng.integers(0, 6, size=row.size).astype(float)  # 0: a stored zero
     X = scipy.sparse.csr_matrix((values, (row, col)), shape=(n, m))
+    assume(X.nnz > 0)  # an empty matrix is refused (test_empty_matrix_is_refused_before_writing)
     kind = draw(st.sampled_from(["scalar", "vector", "als"]))
     R, C = {
         "scalar": (draw(st.floats(0.1, 3.0)), draw(st.floats(0.1, 3.0))),
