@@ -45,12 +45,9 @@ from daskwals.store import FORMAT_VERSION, StoreLockedError, writer_lock
 from . import oracle
 from .conftest import dense_and_mask, random_ratings
 
-try:
-    from daskwals import WALSModel
-except ImportError:  # being finished by another engineer
-    WALSModel = None
+from daskwals import WALSModel
 
-needs_walsmodel = pytest.mark.skipif(WALSModel is None, reason="daskwals.WALSModel is not importable")
+needs_walsmodel = pytest.mark.usefixtures()  # WALSModel is part of the package
 
 K = 3
 FIT = dict(n_iter=1, seed=0, dtype="float64", chunks=(8, 6), regularization=0.1)
