@@ -39,13 +39,11 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import daskwals
-from daskwals import WALS, FactorStore, Ratings
+from daskwals import WALS, FactorStore, Ratings, WALSModel
 from daskwals.store import FORMAT_VERSION, StoreLockedError, writer_lock
 
 from . import oracle
 from .conftest import dense_and_mask, random_ratings
-
-from daskwals import WALSModel
 
 needs_walsmodel = pytest.mark.usefixtures()  # WALSModel is part of the package
 
