@@ -57,6 +57,11 @@ def weight_vector(name, value, length, what="row"):
                 f"{name} must be a scalar or have one value per {what} ({length}); got "
                 f"shape {np.shape(value)}"
             )
+    return check_nonneg_vector(name, vec)
+
+
+def check_nonneg_vector(name, vec):
+    """``vec`` unchanged if every value is finite and ≥ 0; else a ValueError naming the first."""
     bad = np.flatnonzero(~np.isfinite(vec) | (vec < 0))
     if bad.size:
         raise ValueError(

@@ -15,7 +15,7 @@ import os
 import dask.array as da
 import numpy as np
 
-from ._validation import check_int, dtype_name, nonneg, short  # noqa: F401 (re-exported)
+from ._validation import check_int, check_nonneg_vector, dtype_name, nonneg, short  # noqa: F401 (re-exported)
 from .store import FactorStore
 
 
@@ -132,12 +132,7 @@ def shard_weights(name, value, sizes):
                 f"{name} must be None, a non-negative scalar, a list of one list per shard or "
                 f"a sequence of {total} values; got {short(value)}"
             )
-    bad = np.flatnonzero(~np.isfinite(vec) | (vec < 0))
-    if bad.size:
-        raise ValueError(
-            f"{name} must be finite and ≥ 0; {bad.size} values are not, the first is "
-            f"{vec[bad[0]]} at position {bad[0]}"
-        )
+    check_nonneg_vector(name, vec)
     offsets = np.cumsum([0, *sizes])
     return [vec[offsets[i] : offsets[i + 1]] for i in range(len(sizes))]
 

@@ -250,13 +250,19 @@ def _as_index(name, values, size, axis):
     return arr
 
 
-def _validate_triplets(row, col, values, shape, sum_duplicates):
+def _check_shape(shape):
+    """``shape`` as a pair of positive ints (n_rows, n_cols)."""
     try:
         shape = tuple(int(s) for s in shape)
     except TypeError:
         raise ValueError(f"shape must be a pair of ints; got {shape!r}") from None
     if len(shape) != 2 or min(shape) < 1:
         raise ValueError(f"shape must be two positive ints (n_rows, n_cols); got {shape}")
+    return shape
+
+
+def _validate_triplets(row, col, values, shape, sum_duplicates):
+    shape = _check_shape(shape)
     values = np.asarray(values)
     _check_numeric(values.dtype)
     values = values.astype(np.float64)

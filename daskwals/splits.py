@@ -22,7 +22,7 @@ import dask.array as da
 import numpy as np
 import sparse
 
-from .ratings import Ratings, _resolve_chunks, as_ratings
+from .ratings import Ratings, _check_shape, _resolve_chunks, as_ratings
 
 __all__ = ["Split", "by_timestamp", "leave_k_out", "random_split"]
 
@@ -331,12 +331,7 @@ def by_timestamp(
     else:
         cutoff = _check_cutoff(cutoff, ts.dtype, is_time)
     test = ts >= cutoff
-    try:
-        shape = tuple(int(s) for s in shape)
-    except TypeError:
-        raise ValueError(f"shape must be a pair of ints; got {shape!r}") from None
-    if len(shape) != 2 or min(shape) < 1:
-        raise ValueError(f"shape must be two positive ints (n_rows, n_cols); got {shape}")
+    shape = _check_shape(shape)
     block = _resolve_chunks(chunks, shape, size)
     row, col, values = np.asarray(row), np.asarray(col), np.asarray(values)
     if row.shape != values.shape or col.shape != values.shape:
