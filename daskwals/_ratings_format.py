@@ -29,6 +29,8 @@ ORIENTATIONS = ("rows", "cols")
 MIN_ENTRY_CHUNK = 1 << 12
 MAX_ENTRY_CHUNK = 1 << 20
 ID_CHUNK = 1 << 18
+# Entries per sequential read span and per spill group of StoreBuilder.transpose_rows.
+TRANSPOSE_SPAN = 1 << 22
 
 
 def entry_chunk_for(nnz, n_blocks):
@@ -150,29 +152,54 @@ class StoreBuilder:
             writer.append(entries)
         return writer.close()
 
-    def transpose_rows(self, rows_offsets, blocks, fields, chunk):
+    def transpose_rows(self, rows_offsets, blocks, fields, chunk, *, span=None):
         """Write the column-major orientation (Aᵀ) from the row-major one.
 
         Block (j, i) of Aᵀ holds the entries of block (i, j) of A with row and column
-        swapped, re-sorted row-major; blocks are read back one at a time.
+        swapped, re-sorted row-major. The row-major entries are read in sequential spans
+        of about ``span`` entries and appended to spill files, one per group of
+        consecutive column blocks holding about ``span`` entries; each group is then
+        sorted into Aᵀ's block order and written. Memory is one span plus one group
+        (a single column block larger than ``span`` is a group of its own); every zarr
+        read is a long sequential range, never one read per block.
         """
+        span = int(span or TRANSPOSE_SPAN)
         nrb, ncb = blocks
+        counts = np.diff(np.asarray(rows_offsets, dtype=np.int64)).reshape(nrb, ncb)
+        group_of, starts = _spill_groups(counts.sum(axis=0), span)
+        spill = _Spill(self.scratch("transpose"), len(starts) - 1, fields)
         src = self.group["rows"]
-        arrays = {name: src[name] for name in fields}
+        for i0, i1 in _row_spans(counts.sum(axis=1), span):
+            lo, hi = int(rows_offsets[i0 * ncb]), int(rows_offsets[i1 * ncb])
+            if lo == hi:
+                continue
+            e = {name: src[name][lo:hi] for name in fields}
+            block = np.repeat(np.arange(i0 * ncb, i1 * ncb, dtype=np.int64),
+                              counts[i0:i1].ravel())
+            e["i"], e["j"] = block // ncb, block % ncb
+            spill.append(group_of[e["j"]], e)
 
         def transposed():
-            for j in range(ncb):
-                for i in range(nrb):
-                    k = i * ncb + j
-                    start, stop = int(rows_offsets[k]), int(rows_offsets[k + 1])
-                    if start == stop:
-                        yield None
-                        continue
-                    e = {name: arr[start:stop] for name, arr in arrays.items()}
-                    order = np.lexsort((e["row"], e["col"]))
-                    out = {name: e[name][order] for name in fields}
-                    out["row"], out["col"] = out["col"], out["row"]
-                    yield out
+            for g in range(len(starts) - 1):
+                j0, j1 = int(starts[g]), int(starts[g + 1])
+                e = spill.load(g)
+                # Aᵀ's block order (j, i), then row-major inside a block: (col, row) of A
+                key = (e["j"] - j0) * nrb + e["i"]
+                width = int(max(e["row"].max(initial=0), e["col"].max(initial=0))) + 1
+                if (int(key.max(initial=0)) + 1) * width * width < 2**62:
+                    order = np.argsort((key * width + e["col"]) * width + e["row"],
+                                       kind="stable")
+                else:
+                    order = np.lexsort((e["row"], e["col"], key))
+                per_block = np.bincount(key, minlength=(j1 - j0) * nrb)
+                bounds = np.concatenate([[0], np.cumsum(per_block)])
+                e = {name: e[name][order] for name in fields}
+                e["row"], e["col"] = e["col"], e["row"]
+                for b in range(per_block.size):
+                    s, t = int(bounds[b]), int(bounds[b + 1])
+                    yield {name: v[s:t] for name, v in e.items()} if t > s else None
+                del e
+                spill.drop(g)
 
         return self.write_orientation("cols", transposed(), fields, chunk)
 
@@ -246,6 +273,63 @@ def _check_target(path, overwrite):
             f"refusing to overwrite {str(path)!r}: it is not a daskwals ratings store. "
             "Remove it yourself or choose another path."
         )
+
+
+def _row_spans(entries_per_row_block, span):
+    """Consecutive row-block ranges [i0, i1) of about ``span`` entries (at least one block)."""
+    out, i0, total = [], 0, 0
+    for i, n in enumerate(entries_per_row_block):
+        if total and total + n > span:
+            out.append((i0, i))
+            i0, total = i, 0
+        total += int(n)
+    out.append((i0, len(entries_per_row_block)))
+    return out
+
+
+def _spill_groups(entries_per_col_block, span):
+    """Group consecutive column blocks into about ``span`` entries each.
+
+    Returns ``(group_of, starts)``: the group of every column block, and the first
+    column block of every group followed by the number of column blocks.
+    """
+    ranges = _row_spans(entries_per_col_block, span)
+    starts = np.array([r[0] for r in ranges] + [len(entries_per_col_block)], dtype=np.int64)
+    group_of = np.repeat(np.arange(len(ranges), dtype=np.int64), np.diff(starts))
+    return group_of, starts
+
+
+class _Spill:
+    """Raw append-only files, one set per group, of the entries routed to that group."""
+
+    def __init__(self, directory, n_groups, fields):
+        self.directory = Path(directory)
+        self.dtypes = {**{name: np.dtype(dtype) for name, dtype in fields.items()},
+                       "i": np.dtype(np.int64), "j": np.dtype(np.int64)}
+        self.n_groups = n_groups
+
+    def _file(self, g, name):
+        return self.directory / f"{g}.{name}"
+
+    def append(self, group, entries):
+        order = np.argsort(group, kind="stable")
+        bounds = np.searchsorted(group[order], np.arange(self.n_groups + 1))
+        for g in np.flatnonzero(np.diff(bounds)):
+            sel = order[bounds[g] : bounds[g + 1]]
+            for name, dtype in self.dtypes.items():
+                with open(self._file(g, name), "ab") as f:
+                    f.write(np.ascontiguousarray(entries[name][sel], dtype=dtype).tobytes())
+
+    def load(self, g):
+        out = {}
+        for name, dtype in self.dtypes.items():
+            path = self._file(g, name)
+            out[name] = np.fromfile(path, dtype=dtype) if path.exists() else np.empty(0, dtype)
+        return out
+
+    def drop(self, g):
+        for name in self.dtypes:
+            self._file(g, name).unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------- reading

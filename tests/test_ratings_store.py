@@ -216,6 +216,28 @@ def test_synthetic_is_deterministic(tmp_path):
     assert per_item[:10].sum() > 0.3 * per_item.sum()
 
 
+@pytest.mark.parametrize("span", [1, 37, 10**6])
+def test_transposition_in_spans_and_spill_groups(span, frame, tmp_path, monkeypatch):
+    """Aᵀ is A transposed, with weights and timestamps, whatever the spill granularity."""
+    monkeypatch.setattr(_ratings_format, "TRANSPOSE_SPAN", span)
+    ingest(frame, tmp_path / "store", chunks=CHUNKS, weight_col="weight", timestamp_col="ts")
+    for field in ("value", "weight", "timestamp"):
+        dense, dense_t = as_dense(open_ratings(tmp_path / "store", field=field))
+        np.testing.assert_array_equal(dense_t, dense.T)
+    for block in dask.compute(*open_ratings(tmp_path / "store").cols.to_delayed().ravel()):
+        flat = block.coords[0] * block.shape[1] + block.coords[1]
+        assert np.all(np.diff(flat) > 0)  # row-major inside every block
+    ratings = open_ratings(tmp_path / "store", field="weight")
+    np.testing.assert_array_equal(
+        as_dense(ratings)[0], dense_from(frame, ratings.row_ids, ratings.col_ids, "weight"))
+    summary = write_synthetic(tmp_path / "synthetic", 300, 100, 4000, rank=4, chunks=(60, 25))
+    dense, dense_t = as_dense(open_ratings(summary["path"]))
+    np.testing.assert_array_equal(dense_t, dense.T)
+    assert (dense != 0).sum() > 3000
+    # no spill file outlives the writing
+    assert not list((tmp_path / "synthetic").glob("_scratch_*"))
+
+
 def test_wals_on_a_store_matches_in_memory(frame, tmp_path):
     df = frame[["user", "item", "rating"]]
     ingest(df, tmp_path / "store", chunks=CHUNKS)
