@@ -46,6 +46,36 @@ def coo_parts(block):
     return rows, cols, data
 
 
+def merge_blocks(blocks, col_starts):
+    """Row-sorted ``(rows, cols, data)`` of side-by-side blocks of one row block.
+
+    ``blocks`` are consecutive column blocks (sparse), ``col_starts`` the first column of
+    each in the merged block. Entries of a row keep the order (block, column).
+    """
+    if len(blocks) == 1:
+        rows, cols, data = coo_parts(blocks[0])
+        return rows, cols + int(col_starts[0]), data
+    parts = [coo_parts(b) for b in blocks]
+    rows = np.concatenate([p[0] for p in parts])
+    cols = np.concatenate([p[1] + int(s) for p, s in zip(parts, col_starts)])
+    data = np.concatenate([p[2] for p in parts])
+    order = np.argsort(rows, kind="stable")
+    return rows[order], cols[order], data[order]
+
+
+def load_entries(spec):
+    """Row-sorted ``(rows, cols, data)`` of a sweep's unit of ratings.
+
+    ``spec`` is a sparse block, ``(blocks, col_starts)`` (see :func:`merge_blocks`) or an
+    object with a ``load()`` method returning the triplets (a range of a ratings store).
+    """
+    if hasattr(spec, "load"):
+        return spec.load()
+    if isinstance(spec, tuple):
+        return merge_blocks(*spec)
+    return coo_parts(spec)
+
+
 def base_matrix(fixed_gram, w0, lam):
     """W0·G + λI, the part of every row's normal equations shared by the sweep (λ None: 0)."""
     k = fixed_gram.shape[0]
@@ -58,12 +88,13 @@ def base_matrix(fixed_gram, w0, lam):
 def gather_piece(block, factor, col_weights, entry_weights=None):
     """Reduce one sparse ratings block to a :class:`Piece`.
 
-    ``factor`` holds the fixed factor's rows for the block's columns (its row count
-    equals the block's column count); only the rows that stored entries touch are kept.
-    ``entry_weights`` is None, a sparse block with the same stored pattern, or a
-    function of the block's values returning one weight multiplier per entry.
+    ``block`` is anything :func:`load_entries` reads. ``factor`` holds the fixed factor's
+    rows for the block's columns (its row count equals the block's column count); only
+    the rows that stored entries touch are kept. ``entry_weights`` is None, weights with
+    the same stored pattern (in any form :func:`load_entries` reads), or a function of
+    the block's values returning one weight multiplier per entry.
     """
-    rows, cols, data = coo_parts(block)
+    rows, cols, data = load_entries(block)
     used = np.zeros(factor.shape[0], dtype=bool)
     used[cols] = True
     keep = np.flatnonzero(used)
@@ -88,7 +119,7 @@ def _entry_weights(spec, rows, cols, data):
                 f"{ew.shape} for {data.shape[0]} values"
             )
     else:
-        r, c, ew = coo_parts(spec)
+        r, c, ew = load_entries(spec)
         if r.shape != rows.shape or np.any(r != rows) or np.any(c != cols):
             raise ValueError(
                 "entry_weights must store exactly the ratings' entries (the same pattern); "

@@ -122,9 +122,33 @@ def build_init(store, axis, *, seed, values=None, split_every=None):
 
 
 # ------------------------------------------------------------------------ sweeps
-def _gather_task(block, factor, fixed_weights, entry_weights=None):
+# Gather groups: a sweep's gather tasks each serve a group of consecutive column blocks,
+# holding the fixed factor's rows of that group (at most about GROUP_BYTES of float64)
+# and never the whole factor when there are at least two column blocks.
+GROUP_BYTES = 32 * 2**20
+MIN_GROUPS = 4
+
+
+def column_groups(col_chunks, k, blocks_per_group=None):
+    """Consecutive column-block ranges ``[(j0, j1), ...]`` served by one gather task each.
+
+    By default: at least ``min(MIN_GROUPS, n_blocks)`` groups and at most about
+    ``GROUP_BYTES`` of float64 factor rows (rank ``k``) per group, within one block.
+    """
+    n = len(col_chunks)
+    if blocks_per_group is None:
+        width = max(col_chunks) if n else 1
+        by_bytes = max(1, GROUP_BYTES // (8 * max(1, k) * width))
+        blocks_per_group = max(1, min(by_bytes, -(-n // min(MIN_GROUPS, max(n, 1)))))
+    blocks_per_group = int(blocks_per_group)
+    if blocks_per_group < 1:
+        raise ValueError(f"blocks_per_group must be ≥ 1; got {blocks_per_group}")
+    return [(j0, min(n, j0 + blocks_per_group)) for j0 in range(0, n, blocks_per_group)]
+
+
+def _gather_task(spec, factor, fixed_weights, entry_weights=None):
     cw = np.ones(factor.shape[0]) if fixed_weights is None else fixed_weights
-    return gather_piece(block, factor, cw, entry_weights)
+    return gather_piece(spec, factor, cw, entry_weights)
 
 
 def _solve_task(pieces, n_rows, weights, base, out, start, w0, dtype, solve_empty, context,
@@ -138,29 +162,53 @@ def _solve_task(pieces, n_rows, weights, base, out, start, w0, dtype, solve_empt
     return sums, gram
 
 
-def _gather_solve_task(blocks, factors, fixed_weights, entry_weights, *args):
+def _gather_solve_task(specs, factors, fixed_weights, entry_weights, *args):
     pieces = [_gather_task(b, f, fw, ew)
-              for b, f, fw, ew in zip(blocks, factors, fixed_weights, entry_weights)]
+              for b, f, fw, ew in zip(specs, factors, fixed_weights, entry_weights)]
     return _solve_task(pieces, *args)
 
 
-def _entry_weight_blocks(entry_weights, shape):
-    """Per-block entry-weight specs: a function for every block, or the weights' blocks."""
+class _GroupedRatings:
+    """The units of a sweep's gathers: row block i × column group g of some ratings.
+
+    A unit is a ``BlockRange`` of the ratings store when the ratings were opened from
+    one (read by the gather task itself), else ``(blocks, col_starts)`` of the dask
+    blocks; a single block stands alone.
+    """
+
+    def __init__(self, ratings, groups):
+        self.source = getattr(ratings, "source", None)
+        self.blocks = None if self.source is not None else ratings.rows.to_delayed()
+        self.groups = groups
+        widths = ratings.rows.chunks[1]
+        self.starts = [np.concatenate([[0], np.cumsum(widths[j0 : j1 - 1])]).astype(np.int64)
+                       for j0, j1 in groups]
+
+    def unit(self, i, g):
+        j0, j1 = self.groups[g]
+        if self.source is not None:
+            return self.source.block_range(i, j0, j1)
+        if j1 - j0 == 1:
+            return self.blocks[i][j0]
+        return (list(self.blocks[i][j0:j1]), self.starts[g])
+
+
+def _entry_weight_units(entry_weights, ratings, groups):
+    """Per-(row block, group) entry-weight specs: the function itself, or weight units."""
     if entry_weights is None or callable(entry_weights):
-        return np.full(shape, entry_weights, dtype=object)
-    blocks = entry_weights.rows.to_delayed()
-    if blocks.shape != shape:
+        return lambda i, g: entry_weights
+    if entry_weights.rows.chunks != ratings.rows.chunks:
         raise ValueError(
-            f"entry_weights are chunked in {blocks.shape} blocks, the ratings in {shape}; "
-            "give them the ratings' chunking"
+            f"entry_weights are chunked in {entry_weights.rows.numblocks} blocks, the "
+            f"ratings in {ratings.rows.numblocks}; give them the ratings' chunking"
         )
-    return blocks
+    return _GroupedRatings(entry_weights, groups).unit
 
 
 def build_sweep(
     store, ratings, axis, *, unobserved_weight, regularization, fixed_gram, split_every=None,
     als=False, final=False, cache_factors=True, entry_weights=None, solver="cholesky",
-    cg_steps=3, frequency=False, other_frequency_norm=None,
+    cg_steps=3, frequency=False, other_frequency_norm=None, blocks_per_group=None,
 ):
     """Delayed ``{"update": (axis, name, gramian), "sums": ..., "loss": ...}``: a full sweep.
 
@@ -175,12 +223,15 @@ def build_sweep(
     ``frequency`` scales λ by each row's stored entries (ALS-WR), in which case the
     final objective needs the other factor's Σ n_j ‖x_j‖² (``other_frequency_norm``).
 
-    With ``cache_factors`` every row-block task receives the whole fixed factor (its
-    chunks are read from zarr once per sweep and kept in worker memory). Without it,
-    no task holds the whole factor: one task per (row block, column block) pair
-    gathers, from that column block's factor chunk (read once per sweep), only the
-    rows its stored entries touch, and the row-block task concatenates those pieces.
-    Both give identical numbers.
+    The column blocks are served in groups (:func:`column_groups`; ``blocks_per_group``
+    overrides the default): the fixed factor and its weights are read from zarr once per
+    sweep and concatenated per group. With ``cache_factors`` every row-block task
+    receives every group (the whole fixed factor, kept in worker memory) and reads its
+    own ratings. Without it no task holds the whole factor: one task per (row block,
+    group) reads that unit's ratings and gathers, from the group's factor rows, only the
+    rows its stored entries touch; the row-block task concatenates those pieces. Ratings
+    opened from a store are read by these tasks directly, a row block's group being one
+    contiguous range on disk. Both modes, and every grouping, give the same numbers.
     """
     other = "col" if axis == "row" else "row"
     X = ratings.rows
@@ -189,13 +240,20 @@ def build_sweep(
             f"ratings blocks {X.chunks[0][0]}×{X.chunks[1][0]} do not match the store's factor "
             f"chunks {store.chunk(axis)} and {store.chunk(other)}"
         )
+    groups = column_groups(X.chunks[1], store.n_components, blocks_per_group)
+    sizes = tuple(int(sum(X.chunks[1][j0:j1])) for j0, j1 in groups)
     fixed = store.factor(other)
+    if fixed.chunks[0] != sizes:
+        fixed = fixed.rechunk({0: sizes})
     fixed_blocks = [b[0] for b in fixed.to_delayed()]
     if als:
-        fixed_w = [None] * len(fixed_blocks)
+        fixed_w = [None] * len(groups)
         own_w = [None] * len(X.chunks[0])
     else:
-        fixed_w = list(store.weights(other).to_delayed())
+        weights = store.weights(other)
+        if weights.chunks[0] != sizes:
+            weights = weights.rechunk({0: sizes})
+        fixed_w = list(weights.to_delayed())
         own_w = list(store.weights(axis).to_delayed())
     w0 = float(unobserved_weight)
     lam = float(regularization or 0.0)
@@ -206,22 +264,23 @@ def build_sweep(
                   else [None] * len(X.chunks[0]))
     name, out = store.new_factor(axis)
     context = {"axis": axis, "regularization": regularization, "unobserved_weight": w0}
-    blocks = X.to_delayed()
-    ew_blocks = _entry_weight_blocks(entry_weights, blocks.shape)
+    units = _GroupedRatings(ratings, groups)
+    ew_unit = _entry_weight_units(entry_weights, ratings, groups)
     results = []
-    for i in range(blocks.shape[0]):
+    for i in range(len(X.chunks[0])):
         start = i * store.chunk(axis)
         args = (X.chunks[0][i], own_w[i], base, out, start, w0, store.dtype, True, context,
                 options, own_blocks[i])
+        specs = [units.unit(i, g) for g in range(len(groups))]
+        ews = [ew_unit(i, g) for g in range(len(groups))]
         if cache_factors:
-            task = dask.delayed(_gather_solve_task, pure=False)(
-                list(blocks[i]), fixed_blocks, fixed_w, list(ew_blocks[i]), *args
-            )
+            task = dask.delayed(_gather_solve_task, pure=False)(specs, fixed_blocks, fixed_w,
+                                                                ews, *args)
         else:
             pieces = [
-                dask.delayed(_gather_task, pure=True)(blocks[i][j], fixed_blocks[j], fixed_w[j],
-                                                      ew_blocks[i][j])
-                for j in range(blocks.shape[1])
+                dask.delayed(_gather_task, pure=True)(specs[g], fixed_blocks[g], fixed_w[g],
+                                                      ews[g])
+                for g in range(len(groups))
             ]
             task = dask.delayed(_solve_task, pure=False)(pieces, *args)
         results.append(task)

@@ -48,7 +48,8 @@ class Ratings:
         row ``i``).
     """
 
-    def __init__(self, rows, cols, nnz=None, row_ids=None, col_ids=None, in_memory=False):
+    def __init__(self, rows, cols, nnz=None, row_ids=None, col_ids=None, in_memory=False,
+                 source=None):
         if rows.shape != cols.shape[::-1] or rows.chunks != cols.chunks[::-1]:
             raise ValueError(
                 "rows and cols must be A and its transpose with transposed chunking; got "
@@ -62,6 +63,9 @@ class Ratings:
         # True when the blocks are literal data in the graph (built from in-memory
         # input): persist such ratings once rather than resend them with every sweep.
         self.in_memory = in_memory
+        # For ratings opened from a store: where each block's entries lie on disk, so
+        # that sweeps read several blocks in one task (see daskwals.ratings_store).
+        self.source = source
 
     # ------------------------------------------------------------------ properties
     @property
@@ -78,7 +82,7 @@ class Ratings:
     def T(self):
         """The transposed ratings Aᵀ (no data is moved)."""
         return Ratings(self.cols, self.rows, self._nnz, self.col_ids, self.row_ids,
-                       self.in_memory)
+                       self.in_memory, None if self.source is None else self.source.T)
 
     @property
     def nnz(self):

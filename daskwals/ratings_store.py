@@ -102,14 +102,16 @@ def open_ratings(path: str | os.PathLike, *, field: str = "value", load_ids: boo
     (n, m), (rc, cc) = meta["shape"], meta["chunks"]
     row_chunks, col_chunks = _sizes(n, rc), _sizes(m, cc)
     token = dask.base.tokenize(path, meta["store_id"], field)
-    rows = _lazy_blocks(path, "rows", field, fmt.read_offsets(path, "rows"),
-                        (row_chunks, col_chunks), f"ratings-store-rows-{token}")
-    cols = _lazy_blocks(path, "cols", field, fmt.read_offsets(path, "cols"),
-                        (col_chunks, row_chunks), f"ratings-store-cols-{token}")
+    offsets = {o: fmt.read_offsets(path, o) for o in fmt.ORIENTATIONS}
+    rows = _lazy_blocks(path, "rows", field, offsets["rows"], (row_chunks, col_chunks),
+                        f"ratings-store-rows-{token}")
+    cols = _lazy_blocks(path, "cols", field, offsets["cols"], (col_chunks, row_chunks),
+                        f"ratings-store-cols-{token}")
     row_ids = fmt.read_ids(path, "row_ids") if load_ids and meta["row_ids"] else None
     col_ids = fmt.read_ids(path, "col_ids") if load_ids and meta["col_ids"] else None
+    source = StoreSource(path, field, (row_chunks, col_chunks), offsets)
     return Ratings(rows, cols, nnz=meta["nnz"], row_ids=row_ids, col_ids=col_ids,
-                   in_memory=False)
+                   in_memory=False, source=source)
 
 
 def read_block(path: str | os.PathLike, orientation: str, i: int, j: int) -> dict:
@@ -140,6 +142,59 @@ def _lazy_blocks(path, orientation, field, offsets, chunks, name):
             graph[(name, i, j)] = (_read_block, path, orientation, field, int(offsets[k]),
                                    int(offsets[k + 1]), (rows, cols))
     return da.Array(graph, name, chunks, meta=sparse.COO.from_numpy(np.empty((0, 0))))
+
+
+class StoreSource:
+    """Where the blocks of a stored orientation lie: lets one task read several blocks.
+
+    The blocks of one row block are consecutive on disk (block (i, j) is entry range
+    ``offsets[i·n_col_blocks + j]`` onwards), so row block i's column blocks j0:j1 are
+    one contiguous range: :meth:`block_range` describes it without reading anything.
+    """
+
+    def __init__(self, path, field, chunks, offsets, orientation="rows"):
+        self.path = path
+        self.field = field
+        self.chunks = chunks  # (row block sizes, column block sizes) of this orientation
+        self.offsets = offsets  # {"rows": ..., "cols": ...}
+        self.orientation = orientation
+
+    @property
+    def T(self):
+        """The same store, read in the other orientation."""
+        other = "cols" if self.orientation == "rows" else "rows"
+        return StoreSource(self.path, self.field, self.chunks[::-1], self.offsets, other)
+
+    def block_range(self, i, j0, j1):
+        """A :class:`BlockRange` for row block ``i`` and column blocks ``j0:j1``."""
+        ncb = len(self.chunks[1])
+        k = i * ncb
+        bounds = np.asarray(self.offsets[self.orientation][k + j0 : k + j1 + 1], dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(self.chunks[1][j0 : j1 - 1])]).astype(np.int64)
+        return BlockRange(self.path, self.orientation, self.field, bounds, starts,
+                          (int(self.chunks[0][i]), int(sum(self.chunks[1][j0:j1]))))
+
+
+class BlockRange:
+    """Row block i, column blocks j0:j1 of a stored orientation; :meth:`load` reads it.
+
+    A few hundred bytes (safe to put in a task); the entries are read by the task.
+    """
+
+    def __init__(self, path, orientation, field, bounds, col_starts, shape):
+        self.path, self.orientation, self.field = path, orientation, field
+        self.bounds, self.col_starts, self.shape = bounds, col_starts, shape
+
+    def load(self):
+        """``(rows, cols, data)``: int64 range-local coordinates sorted by row, float64."""
+        start, stop = int(self.bounds[0]), int(self.bounds[-1])
+        if start == stop:
+            return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)
+        e = fmt.read_entries(self.path, self.orientation, start, stop, ["row", "col", self.field])
+        rows = e["row"].astype(np.int64)
+        cols = e["col"].astype(np.int64) + np.repeat(self.col_starts, np.diff(self.bounds))
+        order = np.argsort(rows, kind="stable")  # blocks are row-major; merge them by row
+        return rows[order], cols[order], e[self.field].astype(np.float64)[order]
 
 
 def _read_block(path, orientation, field, start, stop, shape):

@@ -70,8 +70,41 @@ def test_factor_chunks_read_once_per_sweep_and_streaming_tasks_get_one_chunk(mon
         assert len(whole_factor_calls) == n_row_blocks
     else:
         assert whole_factor_calls == []
-        assert len(factor_rows) == n_row_blocks * n_col_blocks
-        assert max(factor_rows) == store.chunk("col") < X.shape[1]
+        n_groups = len(_graph.column_groups(model.ratings_.chunks[1], 4))
+        assert 1 < n_groups < n_col_blocks
+        assert len(factor_rows) == n_row_blocks * n_groups
+        assert max(factor_rows) < X.shape[1]
+
+
+@pytest.mark.parametrize("cache", [True, False])
+@pytest.mark.parametrize("group_bytes, min_groups", [(1, 4), (2**40, 1), (2**40, 2), (4096, 4)])
+def test_every_gather_grouping_gives_the_same_factors(monkeypatch, cache, group_bytes,
+                                                      min_groups):
+    """One block per group, one group for everything, and between: the same numbers."""
+    from daskwals import _graph
+
+    X = random_ratings(40, 30, 0.2, seed=3, empty_rows=(2,), empty_cols=(4,))
+    reference = fit(X)
+    monkeypatch.setattr(_graph, "GROUP_BYTES", group_bytes)
+    monkeypatch.setattr(_graph, "MIN_GROUPS", min_groups)
+    model = fit(X, use_factors_weights_cache=cache)
+    for attr in ("row_factors_", "col_factors_"):
+        np.testing.assert_allclose(np.asarray(getattr(model, attr)),
+                                   np.asarray(getattr(reference, attr)), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(model.loss_history_, reference.loss_history_, rtol=1e-12)
+
+
+def test_column_groups():
+    from daskwals._graph import column_groups
+
+    assert column_groups((7,) * 5, 4) == [(0, 2), (2, 4), (4, 5)]  # at least 4 groups' worth
+    assert column_groups((7,) * 5, 4, blocks_per_group=5) == [(0, 5)]
+    assert column_groups((7,), 4) == [(0, 1)]
+    # 2**20 columns at rank 64 are 512 MiB of float64: groups of at most 32 MiB
+    groups = column_groups((2**14,) * 64, 64)
+    assert len(groups) == 16 and all(j1 - j0 == 4 for j0, j1 in groups)
+    with pytest.raises(ValueError, match="blocks_per_group"):
+        column_groups((7,) * 5, 4, blocks_per_group=0)
 
 
 def _cached(args, gather, calls):

@@ -238,18 +238,32 @@ def test_transposition_in_spans_and_spill_groups(span, frame, tmp_path, monkeypa
     assert not list((tmp_path / "synthetic").glob("_scratch_*"))
 
 
-def test_wals_on_a_store_matches_in_memory(frame, tmp_path):
-    df = frame[["user", "item", "rating"]]
-    ingest(df, tmp_path / "store", chunks=CHUNKS)
+@pytest.mark.parametrize("cache", [True, False])
+def test_wals_on_a_store_matches_in_memory(cache, frame, tmp_path, monkeypatch):
+    from daskwals import _graph
+
+    monkeypatch.setattr(_graph, "MIN_GROUPS", 2)  # groups of several blocks
+    df = frame[["user", "item", "rating", "weight"]]
+    ingest(df, tmp_path / "store", chunks=CHUNKS, weight_col="weight")
     ratings = open_ratings(tmp_path / "store")
+    weights = open_ratings(tmp_path / "store", field="weight")
+    assert ratings.source is not None and ratings.T.source.orientation == "cols"
     matrix = scipy.sparse.csr_matrix(dense_from(df, ratings.row_ids, ratings.col_ids))
-    kwargs = dict(n_iter=2, dtype="float64", seed=0)
-    on_disk = daskwals.WALS(4, **kwargs).fit(ratings)
-    in_memory = daskwals.WALS(4, chunks=CHUNKS, **kwargs).fit(matrix)
+    weight_matrix = scipy.sparse.csr_matrix(
+        dense_from(df, ratings.row_ids, ratings.col_ids, "weight"))
+    kwargs = dict(n_iter=2, dtype="float64", seed=0, use_factors_weights_cache=cache)
+    tasks = []
+    with Callback(pretask=lambda key, dsk, state: tasks.append(str(key))):
+        on_disk = daskwals.WALS(4, entry_weights=weights, **kwargs).fit(ratings)
+    # sweeps read the store inside their gather or solve tasks, never block by block
+    assert not [t for t in tasks if "ratings-store" in t]
+    in_memory = daskwals.WALS(4, chunks=CHUNKS, entry_weights=weight_matrix,
+                              **kwargs).fit(matrix)
     for attr in ("row_factors_", "col_factors_"):
         np.testing.assert_allclose(getattr(on_disk, attr).compute(),
                                    getattr(in_memory, attr).compute(), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(on_disk.loss_history_, in_memory.loss_history_, rtol=1e-12)
+    np.testing.assert_allclose(on_disk.loss(), in_memory.loss(), rtol=1e-12)
 
 
 def test_mixed_id_types_are_refused(frame, tmp_path):
