@@ -3,14 +3,17 @@
 Writes (once) a synthetic ratings store with ``daskwals.write_synthetic``, starts a
 LocalCluster with a per-worker memory limit, and fits ``WALS`` with streamed factors
 (``use_factors_weights_cache=False``) while a monitor samples every worker's RSS and
-status. Then fits a smaller matrix with the same statistics (same items and per-user
-activity, fewer users) held in cluster memory, with cached factors, on the same cluster,
-and reports the ratio of throughputs (stored entries per second per iteration).
+status. Then fits a smaller matrix with the same statistics (same items, item
+popularity and per-user activity, fewer users) held in cluster memory, with cached
+factors, on a cluster with the same workers and threads but room for it in memory
+(``--in-memory-limit``), and reports the ratio of throughputs (stored entries per second
+per iteration).
 
-Example (the figures in the closing note of the out-of-core issue)::
+The figures of the out-of-core issue's closing note (a 4.4 GiB store, 4.3x the memory
+of two 512 MiB workers; writing the store takes about 25 minutes once)::
 
-    python benchmarks/bench_out_of_core.py --users 8000000 --items 400000 \\
-        --nnz 200000000 --workers 2 --memory-limit 700MiB --rank 16
+    python benchmarks/bench_out_of_core.py --users 1000000 --items 200000 \\
+        --nnz 340000000 --workers 2 --memory-limit 512MiB --workdir /scratch/ooc
 
 Prints a table and writes JSON to benchmarks/results/out_of_core.json.
 """
@@ -121,6 +124,8 @@ def main():
     parser.add_argument("--iterations", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--memory-limit", default="700MiB")
+    parser.add_argument("--in-memory-limit", default="4GiB",
+                        help="per-worker limit of the in-memory comparison's cluster")
     parser.add_argument("--small-fraction", type=float, default=0.05,
                         help="users (and entries) of the in-memory comparison, as a fraction")
     parser.add_argument("--workdir", default="benchmarks/results/ooc")
@@ -135,8 +140,8 @@ def main():
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     per_user = args.nnz / args.users
-    rows_block = args.rows_per_block or max(1000, int(400_000 / per_user))
-    cols_block = args.cols_per_block or max(1000, int(args.items * 400_000 / args.nnz))
+    rows_block = args.rows_per_block or max(1, int(400_000 / per_user))
+    cols_block = args.cols_per_block or max(1, int(args.items * 400_000 / args.nnz))
     big = workdir / f"ratings-{args.users}x{args.items}-{args.nnz}.zarr"
     if not big.exists():
         print(f"writing {big} ...", flush=True)
@@ -153,14 +158,16 @@ def main():
                                  chunks=(rows_block, cols_block), implicit=False,
                                  popularity_exponent=args.popularity_exponent)
 
-    pairs = -(-args.users // rows_block) * -(-args.items // cols_block)
-    print(f"{pairs:,} (row block, column block) pairs: one read and one gather task each per "
-          "sweep", flush=True)
-    if pairs > 20_000:
-        print("warning: more than 20,000 block pairs; per-task overhead will dominate (a "
-              "350M-entry store with 875 × 500 blocks spent over 14 minutes building and "
-              "submitting its first sweep). Use larger --cols-per-block (memory per column "
-              "sweep task grows with it) or a larger cluster.", flush=True)
+    from daskwals._graph import column_groups
+
+    row_sizes = [rows_block] * -(-args.users // rows_block)
+    col_sizes = [cols_block] * -(-args.items // cols_block)
+    row_groups = len(column_groups(col_sizes, args.rank))
+    col_groups = len(column_groups(row_sizes, args.rank))
+    tasks = len(row_sizes) * (row_groups + 1) + len(col_sizes) * (col_groups + 1)
+    print(f"blocks {len(row_sizes):,} × {len(col_sizes):,}; gather groups {row_groups} (row "
+          f"sweep) and {col_groups} (column sweep): about {tasks:,} gather and solve tasks "
+          "per iteration", flush=True)
     limit = parse_bytes(args.memory_limit)
     disk = du_bytes(big)
     ratings = daskwals.open_ratings(big)
@@ -171,11 +178,16 @@ def main():
 
     results = {"args": vars(args), "disk_bytes": disk, "cluster_memory": args.workers * limit,
                "nnz": ratings.nnz, "chunks": [ratings.chunks[0][0], ratings.chunks[1][0]]}
-    with dask.config.set({"distributed.worker.daemon": False}), LocalCluster(
-        n_workers=args.workers, threads_per_worker=1, memory_limit=args.memory_limit,
-        processes=True, dashboard_address=":0", silence_logs=logging.ERROR,
-        env={"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"},
-    ) as cluster, Client(cluster) as client:
+    def cluster(memory_limit):
+        return LocalCluster(
+            n_workers=args.workers, threads_per_worker=1, memory_limit=memory_limit,
+            processes=True, dashboard_address=":0", silence_logs=logging.ERROR,
+            env={"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
+                 "OPENBLAS_NUM_THREADS": "1"},
+        )
+
+    with dask.config.set({"distributed.worker.daemon": False}), \
+            cluster(args.memory_limit) as big_cluster, Client(big_cluster) as client:
         print("out of core (streamed factors):", flush=True)
         with Monitor(client) as mon:
             model, times, total = fit(ratings, args, False, workdir / "model-big.zarr", client)
@@ -186,6 +198,8 @@ def main():
             "restarted_workers": len(mon.workers_before - mon.workers_after),
             "loss_history": model.loss_history_,
         }
+    with dask.config.set({"distributed.worker.daemon": False}), \
+            cluster(args.in_memory_limit) as small_cluster, Client(small_cluster) as client:
         small_ratings = daskwals.open_ratings(small).persist()
         print(f"in memory ({small_ratings.nnz:,} entries, persisted, cached factors):",
               flush=True)
@@ -195,6 +209,7 @@ def main():
         results["in_memory"] = {
             "nnz": small_ratings.nnz, "seconds_per_iteration": times_s,
             "peak_rss_per_worker": sorted(mon_small.peak.values()),
+            "memory_limit": args.in_memory_limit,
         }
     ooc = ratings.nnz / np.mean(times)
     mem = small_ratings.nnz / np.mean(times_s)
@@ -209,7 +224,8 @@ def main():
     print(f"| in memory, cached | {small_ratings.nnz:,} | {np.mean(times_s):.1f} | {mem:,.0f} | "
           f"{', '.join(f'{p / 2**20:.0f}' for p in results['in_memory']['peak_rss_per_worker'])} |")
     print(f"\nthroughput ratio out-of-core / in-memory: {ooc / mem:.2f}")
-    print(f"memory limit {limit / 2**20:.0f} MiB per worker; paused workers: "
+    print(f"memory limit {limit / 2**20:.0f} MiB per worker (in-memory run: "
+          f"{args.in_memory_limit}); paused workers: "
           f"{r['paused_workers']}; restarted workers: {r['restarted_workers']}")
     out = Path("benchmarks/results")
     out.mkdir(parents=True, exist_ok=True)

@@ -184,7 +184,7 @@ class StoreBuilder:
                 j0, j1 = int(starts[g]), int(starts[g + 1])
                 e = spill.load(g)
                 # Aᵀ's block order (j, i), then row-major inside a block: (col, row) of A
-                key = (e["j"] - j0) * nrb + e["i"]
+                key = (e["j"].astype(np.int64) - j0) * nrb + e["i"]
                 width = int(max(e["row"].max(initial=0), e["col"].max(initial=0))) + 1
                 if (int(key.max(initial=0)) + 1) * width * width < 2**62:
                     order = np.argsort((key * width + e["col"]) * width + e["row"],
@@ -304,8 +304,9 @@ class _Spill:
 
     def __init__(self, directory, n_groups, fields):
         self.directory = Path(directory)
+        # block indices as int32: a store has far fewer than 2**31 blocks per axis
         self.dtypes = {**{name: np.dtype(dtype) for name, dtype in fields.items()},
-                       "i": np.dtype(np.int64), "j": np.dtype(np.int64)}
+                       "i": np.dtype(np.int32), "j": np.dtype(np.int32)}
         self.n_groups = n_groups
 
     def _file(self, g, name):

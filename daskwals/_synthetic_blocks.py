@@ -5,16 +5,17 @@ Plain NumPy; :func:`daskwals.write_synthetic` writes the blocks to a ratings sto
 - item popularity ``pop_v ∝ (1 + π(v))^-α`` for a random permutation π (a power law over a
   random item order, so every column block gets popular and rare items);
 - user activity ``c_u`` log-normal with mean ``nnz_target / n_users`` and log-sd ``σ``;
-- the entries of user u in column block J: ``Poisson(s · c_u · pop(J))`` draws from the
-  items of J with probability ∝ ``pop_v``, repeats removed. So (u, v) is stored with
-  probability ``1 - exp(-s · c_u · pop_v)``; the scale ``s ≥ 1`` makes the expected nnz
-  equal the target despite repeats (found from the activity and popularity
-  distributions, not from the draws);
+- the entries of user u: ``Poisson(s · c_u)`` draws from all items with probability
+  ``pop_v``, repeats removed. So (u, v) is stored with probability
+  ``1 - exp(-s · c_u · pop_v)``; the scale ``s ≥ 1`` makes the expected nnz equal the
+  target despite repeats (found from the activity and popularity distributions, not
+  from the draws);
 - values ``p_u · q_v + noise · ε`` with planted factors of entries ``N(0, rank^-1/2)``
   (so ``p_u · q_v`` has unit variance), or 1.0 everywhere when ``implicit``.
 
-Randomness is drawn from generators seeded with ``(seed, stream, block...)``: the same
-arguments give the same store, and each block is generated without the others.
+Randomness is drawn from generators seeded with ``(seed, stream, row block)``: the same
+arguments give the same store, and each row block is generated without the others (all
+its column blocks at once, which keeps the cost per entry, not per block).
 """
 
 from __future__ import annotations
@@ -28,10 +29,10 @@ _SLICE = 1 << 16
 
 
 class PlantedBlocks:
-    """The row-major blocks of a planted matrix, generated on demand.
+    """The row blocks of a planted matrix, generated on demand.
 
-    Memory: the popularity vector (8 B per item) plus one row block's activities and
-    factors, one column block's factors and one block's entries.
+    Memory: the popularity and its cumulative sum (16 B per item), the planted item
+    factors (4·rank B per item, unless ``implicit``) and one row block's entries.
     """
 
     def __init__(self, shape, chunks, nnz_target, *, rank=16, seed=0, popularity_exponent=0.8,
@@ -48,56 +49,61 @@ class PlantedBlocks:
         order = self._rng(_POPULARITY).permutation(n_items)
         pop = (1.0 + order) ** (-float(popularity_exponent))
         self.popularity = pop / pop.sum()
+        self.cdf = np.cumsum(self.popularity)
+        self.cdf /= self.cdf[-1]
         self.scale = _calibrate(self.shape, float(nnz_target), self.mean_activity,
                                 self.activity_sigma, self.popularity)
-        self._row_cache = (None, None, None)
+        self.item_factors = None
+        if not self.implicit:
+            factors = self._rng(_ITEM_FACTORS).standard_normal((n_items, self.rank))
+            self.item_factors = (factors * self.rank**-0.25).astype(np.float32)
 
     def _rng(self, *key):
         return np.random.default_rng([self.seed, *key])
 
-    def _span(self, axis, b):
-        start = b * self.chunks[axis]
-        return start, min(self.shape[axis], start + self.chunks[axis])
+    def row_block(self, i):
+        """The entries of row block i, one dict per column block (``None`` when empty).
 
-    def _row_block(self, i):
-        if self._row_cache[0] != i:
-            start, stop = self._span(0, i)
-            sigma = self.activity_sigma
-            mu = np.log(self.mean_activity) - sigma**2 / 2
-            activity = self._rng(_ACTIVITY, i).lognormal(mu, sigma, size=stop - start)
-            factors = self._rng(_USER_FACTORS, i).standard_normal((stop - start, self.rank))
-            self._row_cache = (i, activity, factors * self.rank**-0.25)
-        return self._row_cache[1], self._row_cache[2]
-
-    def block(self, i, j):
-        """Entries of block (i, j): dict of block-local ``row``, ``col`` and ``value``."""
-        activity, user_factors = self._row_block(i)
-        start, stop = self._span(1, j)
-        width = stop - start
-        pop = self.popularity[start:stop]
-        mass = float(pop.sum())
-        rng = self._rng(_ENTRIES, i, j)
-        counts = rng.poisson(self.scale * activity * mass)
+        Each dict holds block-local ``row``, ``col`` (sorted row-major) and ``value``.
+        """
+        n_users, n_items = self.shape
+        rc, cc = self.chunks
+        start, stop = i * rc, min(n_users, (i + 1) * rc)
+        sigma = self.activity_sigma
+        mu = np.log(self.mean_activity) - sigma**2 / 2
+        activity = self._rng(_ACTIVITY, i).lognormal(mu, sigma, size=stop - start)
+        rng = self._rng(_ENTRIES, i)
+        counts = rng.poisson(self.scale * activity)
         users = np.repeat(np.arange(activity.size, dtype=np.int64), counts)
-        cdf = np.cumsum(pop)
-        cdf /= cdf[-1]
-        items = np.searchsorted(cdf, rng.random(users.size), side="right")
-        np.minimum(items, width - 1, out=items)
+        items = np.searchsorted(self.cdf, rng.random(users.size), side="right")
+        np.minimum(items, n_items - 1, out=items)
+        del counts
         # unique (user, item) keys come back sorted: row-major order, no repeats
-        keys = np.unique(users * width + items)
-        row, col = keys // width, keys % width
+        keys = np.unique(users * n_items + items)
+        del users, items
+        row, col = keys // n_items, keys % n_items
+        del keys
         if self.implicit:
-            value = np.ones(keys.size)
+            value = np.ones(row.size)
         else:
-            item_factors = self._rng(_ITEM_FACTORS, j).standard_normal((width, self.rank))
-            item_factors *= self.rank**-0.25
-            value = np.empty(keys.size)
-            for s in range(0, keys.size, _SLICE):  # gathered factor rows a slice at a time
+            user_factors = self._rng(_USER_FACTORS, i).standard_normal((activity.size, self.rank))
+            user_factors = (user_factors * self.rank**-0.25).astype(np.float32)
+            value = np.empty(row.size)
+            for s in range(0, row.size, _SLICE):  # gathered factor rows a slice at a time
                 e = slice(s, s + _SLICE)
-                value[e] = np.einsum("ij,ij->i", user_factors[row[e]], item_factors[col[e]])
+                value[e] = np.einsum("ij,ij->i", user_factors[row[e]], self.item_factors[col[e]])
             if self.noise:
-                value += self.noise * self._rng(_NOISE, i, j).standard_normal(keys.size)
-        return {"row": row, "col": col, "value": value}
+                value += self.noise * self._rng(_NOISE, i).standard_normal(row.size)
+        # split into column blocks; a stable sort keeps each block row-major
+        block = col // cc
+        order = np.argsort(block, kind="stable")
+        bounds = np.searchsorted(block[order], np.arange(-(-n_items // cc) + 1))
+        out = []
+        for j in range(bounds.size - 1):
+            sel = order[bounds[j] : bounds[j + 1]]
+            out.append({"row": row[sel], "col": col[sel] - j * cc, "value": value[sel]}
+                       if sel.size else None)
+        return out
 
 
 def _calibrate(shape, nnz_target, mean_activity, sigma, popularity, n_quantiles=256):

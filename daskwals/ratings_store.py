@@ -480,6 +480,19 @@ def _block_directory(results, n_blocks):
 
 
 # ---------------------------------------------------------------------- synthetic
+def _prefetch(function, items):
+    """``map(function, items)`` with the next item computed on a thread meanwhile."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    items = list(items)
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(function, items[0]) if items else None
+        for k in range(len(items)):
+            result = pending.result()
+            pending = pool.submit(function, items[k + 1]) if k + 1 < len(items) else None
+            yield result
+
+
 def write_synthetic(
     store_path: str | os.PathLike, n_users: int, n_items: int, nnz_target: int, *,
     rank: int = 16, seed: int = 0, chunks="auto", popularity_exponent: float = 0.8,
@@ -488,8 +501,8 @@ def write_synthetic(
 ) -> dict:
     """Write a planted low-rank ratings matrix to a store, one block at a time.
 
-    For benchmarks on matrices larger than memory: memory is one block plus the item
-    popularity vector (8 B per item). Item popularity follows a power law, user
+    For benchmarks on matrices larger than memory: memory is two row blocks' entries
+    (the next is generated while one is written) plus 16 + 4·rank bytes per item. Item popularity follows a power law, user
     activity is log-normal, values are ``p_u · q_v`` plus Gaussian noise (or 1.0 when
     ``implicit``); see :mod:`daskwals._synthetic_blocks` for the exact model. The same
     arguments give the same store; the expected nnz is ``nnz_target`` (at most half
@@ -538,7 +551,7 @@ def write_synthetic(
     fields = {"row": fmt.index_dtype_for(chunk), "col": fmt.index_dtype_for(chunk),
               "value": np.dtype(dtype)}
     entry_chunk = fmt.entry_chunk_for(nnz_target, nb[0] * nb[1])
-    blocks = (planted.block(i, j) for i in range(nb[0]) for j in range(nb[1]))
+    blocks = (b for row_block in _prefetch(planted.row_block, range(nb[0])) for b in row_block)
     with fmt.StoreBuilder(store_path, overwrite=overwrite) as builder:
         offsets = builder.write_orientation("rows", blocks, fields, entry_chunk)
         builder.transpose_rows(offsets, nb, fields, entry_chunk)
