@@ -134,14 +134,42 @@ def read_block(path: str | os.PathLike, orientation: str, i: int, j: int) -> dic
 
 
 def _lazy_blocks(path, orientation, field, offsets, chunks, name):
-    n_cols = len(chunks[1])
-    graph = {}
-    for i, rows in enumerate(chunks[0]):
-        for j, cols in enumerate(chunks[1]):
-            k = i * n_cols + j
-            graph[(name, i, j)] = (_read_block, path, orientation, field, int(offsets[k]),
-                                   int(offsets[k + 1]), (rows, cols))
-    return da.Array(graph, name, chunks, meta=sparse.COO.from_numpy(np.empty((0, 0))))
+    """One orientation as a dask array whose tasks each read one block.
+
+    Built with ``da.from_array`` over :class:`_StoredBlocks`, so the graph stays a single
+    lazy layer (a store with millions of blocks costs nothing until blocks are used).
+    """
+    shape = (sum(chunks[0]), sum(chunks[1]))
+    blocks = _StoredBlocks(path, orientation, field, offsets, chunks, shape)
+    return da.from_array(blocks, chunks=chunks, name=name, asarray=False, fancy=False,
+                         meta=sparse.COO.from_numpy(np.empty((0, 0))))
+
+
+class _StoredBlocks:
+    """Array-like view of one stored orientation: indexing one block reads it."""
+
+    ndim = 2
+    dtype = np.dtype(np.float64)
+
+    def __init__(self, path, orientation, field, offsets, chunks, shape):
+        self.path, self.orientation, self.field = path, orientation, field
+        self.offsets = offsets
+        self.chunks = chunks
+        self.shape = shape
+        self._starts = [np.concatenate([[0], np.cumsum(c)]) for c in chunks]
+
+    def __getitem__(self, key):
+        i, j = (self._block(axis, k) for axis, k in enumerate(key))
+        k = i * len(self.chunks[1]) + j
+        return _read_block(self.path, self.orientation, self.field, int(self.offsets[k]),
+                           int(self.offsets[k + 1]), (self.chunks[0][i], self.chunks[1][j]))
+
+    def _block(self, axis, sl):
+        starts = self._starts[axis]
+        b = int(np.searchsorted(starts, sl.start, side="right")) - 1
+        if sl.start != starts[b] or sl.stop != starts[b + 1] or sl.step not in (None, 1):
+            raise IndexError(f"ratings store blocks are read whole; got {sl} on axis {axis}")
+        return b
 
 
 class StoreSource:

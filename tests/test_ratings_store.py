@@ -196,7 +196,22 @@ def test_opening_is_lazy(frame, tmp_path, monkeypatch):
     block = ratings.rows.blocks[1, 2].compute()
     assert len(reads) == 1 and reads[0][0] == "rows"
     assert block.shape == (CHUNKS[0], CHUNKS[1]) and block.coords.dtype == np.int64
-    assert len(ratings.rows.dask) == ratings.rows.numblocks[0] * ratings.rows.numblocks[1]
+    # one task per block, plus the store's array-like view they share
+    assert len(ratings.rows.dask) == ratings.rows.numblocks[0] * ratings.rows.numblocks[1] + 1
+    np.testing.assert_array_equal(ratings.rows[:5, 3:9].compute().todense(),
+                                  as_dense(ratings)[0][:5, 3:9])
+
+
+def test_a_million_blocks_open_without_building_their_graph():
+    from daskwals.ratings import _sizes
+    from daskwals.ratings_store import _lazy_blocks
+
+    chunks = (_sizes(1_000_000, 1000), _sizes(1_000_000, 1000))  # 10^6 blocks
+    offsets = np.arange(10**6 + 1, dtype=np.int64)
+    array = _lazy_blocks("unused", "rows", "value", offsets, chunks, "test-million")
+    assert array.numblocks == (1000, 1000)
+    assert sum(len(layer) if layer.is_materialized() else 0
+               for layer in array.dask.layers.values()) < 10
 
 
 def test_synthetic_is_deterministic(tmp_path):
