@@ -24,11 +24,15 @@ ORIENTATIONS = ("rows", "cols")
 
 # Entries per chunk of the flat entry arrays. A block is a contiguous range of entries, so
 # reading one block decompresses the chunks it overlaps; chunks near the mean block size
-# keep that read amplification to about 2-3x, and the bounds keep chunks neither tiny
-# (per-chunk overhead) nor larger than a few MiB.
-MIN_ENTRY_CHUNK = 1 << 12
+# keep that read amplification to about 2-3x. The bounds keep chunks neither small (zarr
+# costs about a millisecond per chunk written or read, whatever its size: 4096-entry
+# chunks made writing a 340M-entry store take most of an hour) nor larger than a few MiB.
+# Sweeps read a row block's group of blocks at once, far more than one chunk.
+MIN_ENTRY_CHUNK = 1 << 16
 MAX_ENTRY_CHUNK = 1 << 20
 ID_CHUNK = 1 << 18
+# Entries buffered by EntryWriter before a write (rounded down to whole chunks).
+FLUSH_ENTRIES = 1 << 20
 # Entries per sequential read span and per spill group of StoreBuilder.transpose_rows.
 TRANSPOSE_SPAN = 1 << 22
 
@@ -55,9 +59,11 @@ class EntryWriter:
     """Append the blocks of one orientation, in block order, to flat zarr arrays.
 
     Every array (``row``, ``col`` and one per value field) is 1-d and chunked by
-    ``chunk`` entries. Entries are buffered until a whole chunk is ready, so each zarr
-    chunk is written once and completely (no read-modify-write), and memory is one
-    block plus one chunk. :meth:`close` writes the partial last chunk and ``offsets``.
+    ``chunk`` entries. Entries are buffered until at least ``FLUSH_ENTRIES`` (and whole
+    chunks) are ready, so each zarr chunk is written once and completely (no
+    read-modify-write) by few large writes, and memory is one block plus the buffer.
+    The arrays grow by doubling (a resize rewrites metadata, so not once per write);
+    :meth:`close` writes the partial last chunk, trims the arrays and writes ``offsets``.
     """
 
     def __init__(self, group, fields, chunk):
@@ -73,6 +79,8 @@ class EntryWriter:
         self._pending = {name: [] for name in self.arrays}
         self._n_pending = 0
         self._pos = 0
+        self._capacity = 0
+        self._flush_at = max(self.chunk, (FLUSH_ENTRIES // self.chunk) * self.chunk)
         self._counts = []
 
     def append(self, entries=None):
@@ -84,7 +92,7 @@ class EntryWriter:
         for name, arr in self.arrays.items():
             self._pending[name].append(np.asarray(entries[name], dtype=arr.dtype))
         self._n_pending += n
-        if self._n_pending >= self.chunk:
+        if self._n_pending >= self._flush_at:
             self._flush(final=False)
 
     def _flush(self, final):
@@ -92,9 +100,12 @@ class EntryWriter:
             return
         take = self._n_pending if final else (self._n_pending // self.chunk) * self.chunk
         stop = self._pos + take
+        if stop > self._capacity:
+            self._capacity = max(stop, 2 * self._capacity)
+            for arr in self.arrays.values():
+                arr.resize((self._capacity,))
         for name, arr in self.arrays.items():
             data = np.concatenate(self._pending[name])
-            arr.resize((stop,))
             arr[self._pos : stop] = data[:take]
             self._pending[name] = [data[take:]] if take < data.size else []
         self._pos = stop
@@ -103,6 +114,9 @@ class EntryWriter:
     def close(self):
         """Flush the last entries and write ``offsets``; returns the offsets."""
         self._flush(final=True)
+        if self._capacity != self._pos:
+            for arr in self.arrays.values():
+                arr.resize((self._pos,))
         offsets = np.zeros(len(self._counts) + 1, dtype=np.int64)
         np.cumsum(self._counts, out=offsets[1:])
         arr = self.group.create_array(
