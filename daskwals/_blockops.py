@@ -28,7 +28,7 @@ class Piece:
     rows: np.ndarray  # int64 (nnz,), block-local row of each entry, non-decreasing
     cols: np.ndarray  # int64 (nnz,), position of each entry's factor row in ``vg``
     data: np.ndarray  # float64 (nnz,)
-    vg: np.ndarray  # float64 (q, k), gathered factor rows
+    vg: np.ndarray  # float32 or float64 (q, k), gathered factor rows, in the factor's type
     cg: np.ndarray  # float64 (q,), gathered column weights
     ew: np.ndarray | None = None  # float64 (nnz,) per-entry weight multipliers
 
@@ -103,10 +103,17 @@ def gather_piece(block, factor, col_weights, entry_weights=None):
         rows=rows,
         cols=remap[cols],
         data=data,
-        vg=np.asarray(factor[keep], dtype=np.float64),
+        # float32 factors stay float32: the kernels widen each element exactly as they use
+        # it (same numbers), and a gathered row costs half the memory
+        vg=np.ascontiguousarray(factor[keep], dtype=_gathered_dtype(factor)),
         cg=np.asarray(col_weights, dtype=np.float64)[keep],
         ew=None if entry_weights is None else _entry_weights(entry_weights, rows, cols, data),
     )
+
+
+def _gathered_dtype(factor):
+    dtype = np.asarray(factor[:0]).dtype
+    return dtype if dtype in (np.float32, np.float64) else np.float64
 
 
 def _entry_weights(spec, rows, cols, data):

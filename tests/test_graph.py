@@ -51,3 +51,26 @@ def test_full_loss_formula():
     # W0 (s0 - s1) + s2 + W0 tr(GU GV) + λ (tr GU + tr GV)
     expected = 0.5 * (4 - 9) + 2 + 0.5 * (3 + 8) + 0.1 * (3 + 7)
     assert _graph.full_loss(sums, gu, gv, 0.5, 0.1) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("solver", ["cholesky", "cg"])
+def test_float32_factor_rows_are_gathered_as_float32_with_the_same_results(solver):
+    """Gathered rows keep the factor's float32 (half the memory); the numbers do not move."""
+    import sparse
+
+    from daskwals._blockops import gather_piece, solve_pieces
+
+    rng = np.random.default_rng(4)
+    block = sparse.random((60, 40), density=0.2, random_state=5, format="coo")
+    factor32 = rng.standard_normal((40, 8)).astype(np.float32)
+    pieces32 = [gather_piece(block, factor32, np.ones(40))]
+    pieces64 = [gather_piece(block, factor32.astype(np.float64), np.ones(40))]
+    assert pieces32[0].vg.dtype == np.float32 and pieces64[0].vg.dtype == np.float64
+    base = 0.1 * factor32.astype(np.float64).T @ factor32 + 0.5 * np.eye(8)
+    previous = rng.standard_normal((60, 8))
+    kwargs = dict(dtype=np.float64, solver=solver, previous=previous)
+    x32, sums32, gram32 = solve_pieces(pieces32, 60, np.full(60, 2.0), base, 0.1, **kwargs)
+    x64, sums64, gram64 = solve_pieces(pieces64, 60, np.full(60, 2.0), base, 0.1, **kwargs)
+    np.testing.assert_array_equal(x32, x64)
+    np.testing.assert_array_equal(sums32, sums64)
+    np.testing.assert_array_equal(gram32, gram64)
