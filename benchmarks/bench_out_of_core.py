@@ -124,6 +124,7 @@ def main():
     parser.add_argument("--iterations", type=int, default=2)
     parser.add_argument("--in-memory-iterations", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads-per-worker", type=int, default=1)
     parser.add_argument("--memory-limit", default="700MiB")
     parser.add_argument("--in-memory-limit", default="4GiB",
                         help="per-worker limit of the in-memory comparison's cluster")
@@ -176,14 +177,16 @@ def main():
     ratings = daskwals.open_ratings(big)
     print(f"ratings store {disk / 2**30:.2f} GiB on disk, {ratings.nnz:,} entries, blocks "
           f"{ratings.chunks[0][0]:,} × {ratings.chunks[1][0]:,}; cluster memory "
-          f"{args.workers} × {args.memory_limit} = {args.workers * limit / 2**30:.2f} GiB "
+          f"{args.workers} × {args.memory_limit} = {args.workers * limit / 2**30:.2f} GiB, "
+          f"{args.threads_per_worker} thread(s) per worker "
           f"(ratio {disk / (args.workers * limit):.1f}×)", flush=True)
 
     results = {"args": vars(args), "disk_bytes": disk, "cluster_memory": args.workers * limit,
                "nnz": ratings.nnz, "chunks": [ratings.chunks[0][0], ratings.chunks[1][0]]}
     def cluster(memory_limit):
         return LocalCluster(
-            n_workers=args.workers, threads_per_worker=1, memory_limit=memory_limit,
+            n_workers=args.workers, threads_per_worker=args.threads_per_worker,
+            memory_limit=memory_limit,
             processes=True, dashboard_address=":0", silence_logs=logging.CRITICAL,
             env={"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
                  "OPENBLAS_NUM_THREADS": "1"},

@@ -104,7 +104,8 @@ def gather_piece(block, factor, col_weights, entry_weights=None):
         cols=remap[cols],
         data=data,
         # float32 factors stay float32: the kernels widen each element exactly as they use
-        # it (same numbers), and a gathered row costs half the memory
+        # it (the same numbers; the CG path's fast-math loops may round differently in
+        # the last bit), and a gathered row costs half the memory
         vg=np.ascontiguousarray(factor[keep], dtype=_gathered_dtype(factor)),
         cg=np.asarray(col_weights, dtype=np.float64)[keep],
         ew=None if entry_weights is None else _entry_weights(entry_weights, rows, cols, data),

@@ -12,13 +12,21 @@ from __future__ import annotations
 import dask
 import dask.array as da
 import numpy as np
+from dask.sizeof import sizeof
 
-from ._blockops import base_matrix, gather_piece, solve_pieces
+from ._blockops import Piece, base_matrix, gather_piece, solve_pieces
 
 # Rows per random-number stream: the random initialisation of a row depends only on
 # (seed, axis, row // SEED_BLOCK), never on the chunking.
 SEED_BLOCK = 4096
 _STREAM = {"row": 0, "col": 1}
+
+
+@sizeof.register(Piece)
+def _sizeof_piece(piece):
+    """Bytes of a gathered piece, so that workers account for (and spill) it correctly."""
+    arrays = (piece.rows, piece.cols, piece.data, piece.vg, piece.cg, piece.ew)
+    return int(sum(a.nbytes for a in arrays if a is not None))
 
 
 # ----------------------------------------------------------------------- Gramian

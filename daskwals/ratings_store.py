@@ -195,32 +195,37 @@ class StoreSource:
 
     def block_range(self, i, j0, j1):
         """A :class:`BlockRange` for row block ``i`` and column blocks ``j0:j1``."""
-        ncb = len(self.chunks[1])
-        k = i * ncb
-        bounds = np.asarray(self.offsets[self.orientation][k + j0 : k + j1 + 1], dtype=np.int64)
-        starts = np.concatenate([[0], np.cumsum(self.chunks[1][j0 : j1 - 1])]).astype(np.int64)
-        return BlockRange(self.path, self.orientation, self.field, bounds, starts,
+        k = i * len(self.chunks[1])
+        bounds = self.offsets[self.orientation][k + j0 : k + j1 + 1]
+        counts = np.diff(bounds)
+        counts = counts.astype(np.min_scalar_type(int(counts.max(initial=0))))
+        return BlockRange(self.path, self.orientation, self.field, int(bounds[0]), counts,
+                          int(self.chunks[1][0]),
                           (int(self.chunks[0][i]), int(sum(self.chunks[1][j0:j1]))))
 
 
 class BlockRange:
     """Row block i, column blocks j0:j1 of a stored orientation; :meth:`load` reads it.
 
-    A few hundred bytes (safe to put in a task); the entries are read by the task.
+    Small enough to travel in every task of a sweep: the first entry, each block's entry
+    count (in the smallest unsigned type that holds them) and the column block width
+    (every column block but the store's last has it, so block b starts at column b·width).
     """
 
-    def __init__(self, path, orientation, field, bounds, col_starts, shape):
+    def __init__(self, path, orientation, field, start, counts, width, shape):
         self.path, self.orientation, self.field = path, orientation, field
-        self.bounds, self.col_starts, self.shape = bounds, col_starts, shape
+        self.start, self.counts, self.width, self.shape = start, counts, width, shape
 
     def load(self):
         """``(rows, cols, data)``: int64 range-local coordinates sorted by row, float64."""
-        start, stop = int(self.bounds[0]), int(self.bounds[-1])
-        if start == stop:
+        stop = self.start + int(self.counts.sum(dtype=np.int64))
+        if stop == self.start:
             return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)
-        e = fmt.read_entries(self.path, self.orientation, start, stop, ["row", "col", self.field])
+        e = fmt.read_entries(self.path, self.orientation, self.start, stop,
+                             ["row", "col", self.field])
         rows = e["row"].astype(np.int64)
-        cols = e["col"].astype(np.int64) + np.repeat(self.col_starts, np.diff(self.bounds))
+        first_col = np.arange(self.counts.size, dtype=np.int64) * self.width
+        cols = e["col"].astype(np.int64) + np.repeat(first_col, self.counts)
         order = np.argsort(rows, kind="stable")  # blocks are row-major; merge them by row
         return rows[order], cols[order], e[self.field].astype(np.float64)[order]
 

@@ -55,7 +55,11 @@ def test_full_loss_formula():
 
 @pytest.mark.parametrize("solver", ["cholesky", "cg"])
 def test_float32_factor_rows_are_gathered_as_float32_with_the_same_results(solver):
-    """Gathered rows keep the factor's float32 (half the memory); the numbers do not move."""
+    """Gathered rows keep the factor's float32 (half the memory); the numbers do not move.
+
+    The Cholesky path gives identical bits; the CG kernel's fast-math loops may be
+    vectorised differently for float32 rows, so there the results agree to rounding.
+    """
     import sparse
 
     from daskwals._blockops import gather_piece, solve_pieces
@@ -71,6 +75,8 @@ def test_float32_factor_rows_are_gathered_as_float32_with_the_same_results(solve
     kwargs = dict(dtype=np.float64, solver=solver, previous=previous)
     x32, sums32, gram32 = solve_pieces(pieces32, 60, np.full(60, 2.0), base, 0.1, **kwargs)
     x64, sums64, gram64 = solve_pieces(pieces64, 60, np.full(60, 2.0), base, 0.1, **kwargs)
-    np.testing.assert_array_equal(x32, x64)
-    np.testing.assert_array_equal(sums32, sums64)
-    np.testing.assert_array_equal(gram32, gram64)
+    check = (np.testing.assert_array_equal if solver == "cholesky" else
+             lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14))
+    check(x32, x64)
+    check(sums32, sums64)
+    check(gram32, gram64)
