@@ -9,9 +9,13 @@ blocks' loss terms and Gramians by a tree reduction, and commits the new version
 
 from __future__ import annotations
 
+import uuid
+
 import dask
 import dask.array as da
 import numpy as np
+from dask.delayed import Delayed
+from dask.highlevelgraph import HighLevelGraph
 from dask.sizeof import sizeof
 
 from ._blockops import Piece, base_matrix, gather_piece, solve_pieces
@@ -176,17 +180,78 @@ def _gather_solve_task(specs, factors, fixed_weights, entry_weights, *args):
     return _solve_task(pieces, *args)
 
 
+class _Layer:
+    """A sweep's tasks as one graph layer in dask's task-tuple format.
+
+    Each ``dask.delayed`` call re-optimises the graphs of its collection arguments, so
+    a sweep built of one delayed call per task costs the client time proportional to
+    (tasks × the factor's chunks): minutes for a few thousand blocks. Here every task
+    is a tuple added to one dict, the collections it reads are declared once, and the
+    result is a single :class:`dask.delayed.Delayed`.
+    """
+
+    def __init__(self):
+        self.token = uuid.uuid4().hex
+        self.dsk = {}
+        self.collections = {}
+
+    def add(self, func, *args, index=None):
+        """A task ``func(*args)``; its key is named after ``func``."""
+        key = (f"{func.__name__}-{self.token}", *(index if index is not None
+                                                  else (len(self.dsk),)))
+        self.dsk[key] = (func, *args)
+        return key
+
+    def ref(self, obj):
+        """``obj`` as a task argument: a key for a one-chunk dask value, else the literal."""
+        if isinstance(obj, Delayed):
+            self.collections[id(obj)] = obj
+            return obj.key
+        if isinstance(obj, da.Array):
+            if obj.npartitions != 1:
+                obj = obj.rechunk(-1)
+            self.collections[id(obj)] = obj
+            return obj.__dask_keys__()[0][0] if obj.ndim == 2 else obj.__dask_keys__()[0]
+        return obj
+
+    def keys(self, array):
+        """The chunk keys of a dask array, nested like its blocks."""
+        self.collections[id(array)] = array
+        return array.__dask_keys__()
+
+    def row_keys(self, array):
+        """The chunk keys of a dask array chunked along its first axis only."""
+        keys = self.keys(array)
+        return [k[0] for k in keys] if array.ndim == 2 else keys
+
+    def delayed(self, key):
+        name = f"daskwals-sweep-{self.token}"
+        graph = HighLevelGraph.from_collections(name, self.dsk,
+                                                dependencies=list(self.collections.values()))
+        return Delayed(key, graph, layer=name)
+
+    def tree_sum(self, keys, split_every=None):
+        split_every = max(2, int(split_every or 8))
+        level = 0
+        while len(keys) > 1:
+            keys = [self.add(_add_all, *keys[i : i + split_every],
+                             index=(level, i // split_every))
+                    for i in range(0, len(keys), split_every)]
+            level += 1
+        return keys[0]
+
+
 class _GroupedRatings:
     """The units of a sweep's gathers: row block i × column group g of some ratings.
 
     A unit is a ``BlockRange`` of the ratings store when the ratings were opened from
-    one (read by the gather task itself), else ``(blocks, col_starts)`` of the dask
-    blocks; a single block stands alone.
+    one (read by the gather task itself), else a task merging the dask blocks of the
+    group; a single block stands alone.
     """
 
-    def __init__(self, ratings, groups):
+    def __init__(self, ratings, groups, layer):
         self.source = getattr(ratings, "source", None)
-        self.blocks = None if self.source is not None else ratings.rows.to_delayed()
+        self.keys = None if self.source is not None else layer.keys(ratings.rows)
         self.groups = groups
         widths = ratings.rows.chunks[1]
         self.starts = [np.concatenate([[0], np.cumsum(widths[j0 : j1 - 1])]).astype(np.int64)
@@ -197,11 +262,11 @@ class _GroupedRatings:
         if self.source is not None:
             return self.source.block_range(i, j0, j1)
         if j1 - j0 == 1:
-            return self.blocks[i][j0]
-        return (list(self.blocks[i][j0:j1]), self.starts[g])
+            return self.keys[i][j0]
+        return (tuple, [list(self.keys[i][j0:j1]), self.starts[g]])
 
 
-def _entry_weight_units(entry_weights, ratings, groups):
+def _entry_weight_units(entry_weights, ratings, groups, layer):
     """Per-(row block, group) entry-weight specs: the function itself, or weight units."""
     if entry_weights is None or callable(entry_weights):
         return lambda i, g: entry_weights
@@ -210,7 +275,7 @@ def _entry_weight_units(entry_weights, ratings, groups):
             f"entry_weights are chunked in {entry_weights.rows.numblocks} blocks, the "
             f"ratings in {ratings.rows.numblocks}; give them the ratings' chunking"
         )
-    return _GroupedRatings(entry_weights, groups).unit
+    return _GroupedRatings(entry_weights, groups, layer).unit
 
 
 def build_sweep(
@@ -248,57 +313,59 @@ def build_sweep(
             f"ratings blocks {X.chunks[0][0]}×{X.chunks[1][0]} do not match the store's factor "
             f"chunks {store.chunk(axis)} and {store.chunk(other)}"
         )
+    layer = _Layer()
     groups = column_groups(X.chunks[1], store.n_components, blocks_per_group)
     sizes = tuple(int(sum(X.chunks[1][j0:j1])) for j0, j1 in groups)
     fixed = store.factor(other)
     if fixed.chunks[0] != sizes:
         fixed = fixed.rechunk({0: sizes})
-    fixed_blocks = [b[0] for b in fixed.to_delayed()]
+    fixed_blocks = layer.row_keys(fixed)
+    n_blocks = len(X.chunks[0])
     if als:
         fixed_w = [None] * len(groups)
-        own_w = [None] * len(X.chunks[0])
+        own_w = [None] * n_blocks
     else:
         weights = store.weights(other)
         if weights.chunks[0] != sizes:
             weights = weights.rechunk({0: sizes})
-        fixed_w = list(weights.to_delayed())
-        own_w = list(store.weights(axis).to_delayed())
+        fixed_w = layer.row_keys(weights)
+        own_w = layer.row_keys(store.weights(axis))
     w0 = float(unobserved_weight)
     lam = float(regularization or 0.0)
-    base = dask.delayed(base_matrix, pure=True)(fixed_gram, w0, 0.0 if frequency else lam)
+    gram = layer.ref(fixed_gram)
+    base = layer.add(base_matrix, gram, w0, 0.0 if frequency else lam)
     options = {"solver": solver, "cg_steps": cg_steps,
                "ridge_lambda": lam if frequency else None}
-    own_blocks = ([b[0] for b in store.factor(axis).to_delayed()] if solver == "cg"
-                  else [None] * len(X.chunks[0]))
+    own_blocks = layer.row_keys(store.factor(axis)) if solver == "cg" else [None] * n_blocks
     name, out = store.new_factor(axis)
     context = {"axis": axis, "regularization": regularization, "unobserved_weight": w0}
-    units = _GroupedRatings(ratings, groups)
-    ew_unit = _entry_weight_units(entry_weights, ratings, groups)
+    units = _GroupedRatings(ratings, groups, layer)
+    ew_unit = _entry_weight_units(entry_weights, ratings, groups, layer)
     results = []
-    for i in range(len(X.chunks[0])):
+    for i in range(n_blocks):
         start = i * store.chunk(axis)
         args = (X.chunks[0][i], own_w[i], base, out, start, w0, store.dtype, True, context,
                 options, own_blocks[i])
         specs = [units.unit(i, g) for g in range(len(groups))]
         ews = [ew_unit(i, g) for g in range(len(groups))]
         if cache_factors:
-            task = dask.delayed(_gather_solve_task, pure=False)(specs, fixed_blocks, fixed_w,
-                                                                ews, *args)
+            results.append(layer.add(_gather_solve_task, specs, fixed_blocks, fixed_w, ews,
+                                     *args, index=(i,)))
         else:
-            pieces = [
-                dask.delayed(_gather_task, pure=True)(specs[g], fixed_blocks[g], fixed_w[g],
-                                                      ews[g])
-                for g in range(len(groups))
-            ]
-            task = dask.delayed(_solve_task, pure=False)(pieces, *args)
-        results.append(task)
-    total = tree_sum(results, split_every)
-    sums, gram = total[0], total[1]
-    loss = None
-    if final:
-        loss = dask.delayed(full_loss, pure=True)(sums, gram, fixed_gram, w0, lam,
-                                                  other_frequency_norm if frequency else None)
-    return dask.delayed(dict, pure=True)(update=(axis, name, gram), sums=sums, loss=loss)
+            pieces = [layer.add(_gather_task, specs[g], fixed_blocks[g], fixed_w[g], ews[g],
+                                index=(i, g))
+                      for g in range(len(groups))]
+            results.append(layer.add(_solve_task, pieces, *args, index=(i,)))
+    total = layer.tree_sum(results, split_every)
+    result = layer.add(_finish_sweep, axis, name, total, gram, w0, lam, bool(final),
+                       other_frequency_norm if frequency else None, index=())
+    return layer.delayed(result)
+
+
+def _finish_sweep(axis, name, total, fixed_gram, w0, lam, final, other_frequency_norm):
+    sums, gram = total
+    loss = full_loss(sums, gram, fixed_gram, w0, lam, other_frequency_norm) if final else None
+    return {"update": (axis, name, gram), "sums": sums, "loss": loss}
 
 
 def full_loss(sums, gram, other_gram, w0, lam, other_frequency_norm=None):

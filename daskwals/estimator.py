@@ -627,12 +627,14 @@ def _evaluate_loss(store, ratings, split_every=None, entry_weights=None):
     u_blocks = [b[0] for b in U.to_delayed()]
     cw_blocks = [None] * len(v_blocks) if cw is None else list(cw.to_delayed())
     rw_blocks = [None] * len(u_blocks) if rw is None else list(rw.to_delayed())
-    per_block = [(j, j + 1) for j in range(blocks.shape[1])]
-    ew_unit = _graph._entry_weight_units(entry_weights, ratings, per_block)
+    if entry_weights is None or callable(entry_weights):
+        ew_blocks = np.full(blocks.shape, entry_weights, dtype=object)
+    else:
+        ew_blocks = entry_weights.rows.to_delayed()
     parts = [
         dask.delayed(_loss_task, pure=True)(
             list(blocks[i]), u_blocks[i], v_blocks, cw_blocks, rw_blocks[i],
-            [ew_unit(i, j) for j in range(blocks.shape[1])])
+            list(ew_blocks[i]))
         for i in range(blocks.shape[0])
     ]
     sums = _graph.tree_sum(parts, split_every)
