@@ -125,6 +125,10 @@ def main():
     parser.add_argument("--in-memory-iterations", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads-per-worker", type=int, default=1)
+    parser.add_argument("--cache-factors", action="store_true",
+                        help="fit the big store with use_factors_weights_cache=True (ratings "
+                             "still read from disk by the solve tasks; each worker holds the "
+                             "fixed factor) instead of streamed factors")
     parser.add_argument("--memory-limit", default="700MiB")
     parser.add_argument("--in-memory-limit", default="4GiB",
                         help="per-worker limit of the in-memory comparison's cluster")
@@ -194,10 +198,11 @@ def main():
 
     with dask.config.set({"distributed.worker.daemon": False}), \
             cluster(args.memory_limit) as big_cluster, Client(big_cluster) as client:
-        print("out of core (streamed factors):", flush=True)
+        mode = "cached factors" if args.cache_factors else "streamed factors"
+        print(f"out of core ({mode}):", flush=True)
         with Monitor(client) as mon:
-            model, times, total = fit(ratings, args, False, workdir / "model-big.zarr", client,
-                                      args.iterations)
+            model, times, total = fit(ratings, args, args.cache_factors,
+                                      workdir / "model-big.zarr", client, args.iterations)
         results["out_of_core"] = {
             "seconds_per_iteration": times, "total_seconds": total,
             "peak_rss_per_worker": sorted(mon.peak.values()),
@@ -237,8 +242,9 @@ def main():
     print("| run | entries | s / iteration (each) | entries / s (after the first) | "
           "peak RSS per worker (MiB) |")
     print("| --- | ---: | ---: | ---: | --- |")
-    row("out of core, streamed", ratings.nnz, times, ooc, r["peak_rss_per_worker"])
-    row("in memory, cached", small_ratings.nnz, times_s, mem,
+    row(f"out of core, {'cached' if args.cache_factors else 'streamed'} factors", ratings.nnz,
+        times, ooc, r["peak_rss_per_worker"])
+    row("in memory, cached factors", small_ratings.nnz, times_s, mem,
         results["in_memory"]["peak_rss_per_worker"])
     print(f"\nthroughput ratio out-of-core / in-memory: {ooc / mem:.2f}")
     print(f"memory limit {limit / 2**20:.0f} MiB per worker (in-memory run: "
