@@ -1,10 +1,12 @@
 """Graph builders: Gramians, initialisation and sweeps as dask graphs.
 
-Only public dask APIs are used (``da.reduction``, ``to_delayed``, ``dask.delayed``).
-The functions here build lazy objects and compute nothing; the per-task work is in
+Only public dask APIs are used (``da.reduction``, ``to_delayed``, ``dask.delayed``, and
+for sweeps task tuples in one ``HighLevelGraph`` layer wrapped as a ``Delayed``). The
+functions here build lazy objects and compute nothing; the per-task work is in
 :mod:`daskwals._blockops`. A sweep is one delayed object whose computation solves every
-row block, writes the blocks to a new version of the factor in the store, sums the
-blocks' loss terms and Gramians by a tree reduction, and commits the new version.
+row block, writes the blocks to a new version of the factor in the store and sums the
+blocks' loss terms and Gramians by a tree reduction; :func:`build_commit` makes the new
+version current.
 """
 
 from __future__ import annotations
