@@ -56,11 +56,22 @@ def merge_blocks(blocks, col_starts):
         rows, cols, data = coo_parts(blocks[0])
         return rows, cols + int(col_starts[0]), data
     parts = [coo_parts(b) for b in blocks]
-    rows = np.concatenate([p[0] for p in parts])
-    cols = np.concatenate([p[1] + int(s) for p, s in zip(parts, col_starts)])
-    data = np.concatenate([p[2] for p in parts])
-    order = np.argsort(rows, kind="stable")
-    return rows[order], cols[order], data[order]
+    return merge_by_row(np.concatenate([p[0] for p in parts]),
+                        np.concatenate([p[1] + int(s) for p, s in zip(parts, col_starts)]),
+                        np.concatenate([p[2] for p in parts]), blocks[0].shape[0])
+
+
+def merge_by_row(rows, cols, data, n_rows):
+    """Row-major-sorted int64 ``(rows, cols)`` and float64 ``data`` of concatenated
+    row-sorted blocks, keeping each row's entries in block order.
+
+    A stable sort on the row: a linear-time radix sort when the rows fit 16 bits
+    (NumPy sorts 16-bit integers that way), else a merge sort.
+    """
+    key = rows.astype(np.uint16) if n_rows <= 1 << 16 else rows
+    order = np.argsort(key, kind="stable")
+    return (rows[order].astype(np.int64, copy=False), cols[order].astype(np.int64, copy=False),
+            data[order].astype(np.float64, copy=False))
 
 
 def load_entries(spec):

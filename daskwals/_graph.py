@@ -78,15 +78,20 @@ def gramian(factor, split_every=None):
 
 def tree_sum(parts, split_every=None):
     """Sum a list of delayed values (arrays or tuples of arrays) by a tree of delayed adds."""
+    return _tree(list(parts), split_every,
+                 lambda level, index, group: dask.delayed(_add_all, pure=True)(*group))
+
+
+def _tree(parts, split_every, node):
+    """Reduce ``parts`` by ``node(level, index, group)`` over groups of ``split_every``."""
     split_every = max(2, int(split_every or 8))
-    parts = list(parts)
     if not parts:
         raise ValueError("nothing to sum")
+    level = 0
     while len(parts) > 1:
-        parts = [
-            dask.delayed(_add_all, pure=True)(*parts[i : i + split_every])
-            for i in range(0, len(parts), split_every)
-        ]
+        parts = [node(level, i // split_every, parts[i : i + split_every])
+                 for i in range(0, len(parts), split_every)]
+        level += 1
     return parts[0]
 
 
@@ -233,14 +238,8 @@ class _Layer:
         return Delayed(key, graph, layer=name)
 
     def tree_sum(self, keys, split_every=None):
-        split_every = max(2, int(split_every or 8))
-        level = 0
-        while len(keys) > 1:
-            keys = [self.add(_add_all, *keys[i : i + split_every],
-                             index=(level, i // split_every))
-                    for i in range(0, len(keys), split_every)]
-            level += 1
-        return keys[0]
+        return _tree(keys, split_every, lambda level, index, group: self.add(
+            _add_all, *group, index=(level, index)))
 
 
 class _GroupedRatings:

@@ -51,6 +51,7 @@ import numpy as np
 import sparse
 
 from . import _ratings_format as fmt
+from ._blockops import merge_by_row
 from ._synthetic_blocks import PlantedBlocks
 from .cluster import check_store_reachable
 from .ratings import Ratings, _resolve_chunks, _sizes
@@ -225,13 +226,7 @@ class BlockRange:
                              ["row", "col", self.field])
         first_col = np.arange(self.counts.size, dtype=np.int64) * self.width
         cols = e["col"].astype(np.int64) + np.repeat(first_col, self.counts)
-        # blocks are row-major; merge them by row with a stable sort, a radix sort when
-        # the block-local rows fit 16 bits (NumPy sorts 16-bit integers in linear time)
-        rows = e["row"]
-        key = rows.astype(np.uint16) if self.shape[0] <= 1 << 16 else rows
-        order = np.argsort(key, kind="stable")
-        return (rows[order].astype(np.int64), cols[order],
-                e[self.field][order].astype(np.float64))
+        return merge_by_row(e["row"], cols, e[self.field], self.shape[0])
 
 
 def _read_block(path, orientation, field, start, stop, shape):
